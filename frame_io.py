@@ -1,0 +1,264 @@
+"""The one place frames come in and go out: decode videos and frame folders, resize, crop,
+scale to the models' [-1, 1] range, write JPEG frames, and write any output file atomically.
+
+Frames are numpy uint8 arrays, RGB (H, W, 3) or single-channel (H, W), until `to_model_range`
+turns a stack of them into float32 at the very end (no float64 anywhere).
+
+Layouts:
+- a video file: anything OpenCV decodes (mp4, avi, webm, mkv, gif, ...);
+- a frame folder: image files sorted by name;
+- Charades / pytorch-i3d: `root/VID/VID-000001.jpg` (RGB) and `VID-000001x.jpg`, `...y.jpg` (flow).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+cv2.setNumThreads(1)  # decoding runs in DataLoader workers / threads of our own
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VIDEO_EXTS = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv", ".ogv", ".3gp"}
+
+
+class FrameError(Exception):
+    """A frame or video that cannot be read; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def is_video_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTS
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """Image files of a frame folder, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FrameError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def read_image(path: str | Path, gray: bool = False) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3), or (H, W) with gray=True."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise FrameError(f"{path}: missing frame")
+    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise FrameError(f"{path}: corrupt or unreadable image")
+    return img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def resize_smaller_side(img: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resize so the smaller side is `size` pixels (aspect kept); size 0 keeps the image."""
+    h, w = img.shape[:2]
+    if size <= 0 or min(h, w) == size:
+        return img
+    if h <= w:
+        new_h, new_w = size, max(1, round(w * size / h))
+    else:
+        new_h, new_w = max(1, round(h * size / w)), size
+    return cv2.resize(img, (new_w, new_h), interpolation=interpolation)
+
+
+def upscale_if_smaller(img: np.ndarray, min_side: int) -> np.ndarray:
+    """The original pytorch-i3d rule: scale up (aspect kept) only when the smaller side is under
+    `min_side` (226 for RGB, 224 for flow), to a smaller side of exactly `min_side`."""
+    h, w = img.shape[:2]
+    if min(h, w) >= min_side:
+        return img
+    scale = 1 + (min_side - min(h, w)) / min(h, w)
+    return cv2.resize(img, dsize=(0, 0), fx=scale, fy=scale)
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Center crop of the two spatial axes of (..., H, W, C) or (H, W); size 0 keeps all."""
+    spatial = frames.shape[-3:-1] if frames.ndim >= 3 else frames.shape
+    h, w = spatial
+    if size <= 0 or (h == size and w == size):
+        return frames
+    if h < size or w < size:
+        raise FrameError(f"frames of {h}x{w} are smaller than the {size}x{size} crop")
+    top, left = (h - size) // 2, (w - size) // 2
+    if frames.ndim >= 3:
+        return frames[..., top:top + size, left:left + size, :]
+    return frames[top:top + size, left:left + size]
+
+
+def to_model_range(frames: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1] (x / 255 * 2 - 1), the models' input scaling."""
+    out = frames.astype(np.float32)
+    out *= 2.0 / 255.0
+    out -= 1.0
+    return out
+
+
+def to_tensor_layout(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, C) -> (C, T, H, W), the layout the network takes (contiguous)."""
+    return np.ascontiguousarray(frames.transpose(3, 0, 1, 2))
+
+
+def video_info(path: str | Path) -> tuple[int, float, int, int]:
+    """(frame count as the container reports it, fps, width, height) of a video file."""
+    cap = _open_video(path)
+    try:
+        return (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
+                int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        cap.release()
+
+
+def _open_video(path: str | Path) -> cv2.VideoCapture:
+    path = Path(path)
+    if not path.is_file():
+        raise FrameError(f"{path}: no such video file")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise FrameError(f"{path}: unreadable video")
+    return cap
+
+
+def iter_frames(source: str | Path, resize: int = 0, gray: bool = False) -> Iterator[np.ndarray]:
+    """Stream the frames of a video file or a frame folder, one uint8 array at a time, the
+    smaller side resized to `resize` (0 keeps the size). Memory does not grow with length."""
+    source = Path(source)
+    if source.is_dir():
+        files = list_frame_files(source)
+        if not files:
+            raise FrameError(f"{source}: no frame images in folder")
+        for f in files:
+            yield resize_smaller_side(read_image(f, gray=gray), resize)
+        return
+    cap = _open_video(source)
+    try:
+        count = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            count += 1
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB)
+            yield resize_smaller_side(frame, resize)
+        if count == 0:
+            raise FrameError(f"{source}: unreadable video (no frame decoded)")
+    finally:
+        cap.release()
+
+
+def read_frames(source: str | Path, resize: int = 0, gray: bool = False) -> np.ndarray:
+    """All frames of a video file or frame folder as one uint8 array (T, H, W[, 3])."""
+    return np.stack(list(iter_frames(source, resize=resize, gray=gray)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Charades / pytorch-i3d frame folders
+# ---------------------------------------------------------------------------------------------
+
+def charades_frame_path(root: str | Path, vid: str, index: int, suffix: str = "") -> Path:
+    """root/VID/VID-000001.jpg for index 1; suffix 'x' or 'y' for the flow frames."""
+    return Path(root) / vid / f"{vid}-{index:06d}{suffix}.jpg"
+
+
+def count_charades_frames(root: str | Path, vid: str, mode: str = "rgb") -> int:
+    """Frames 1..N present without a gap in root/VID (flow counts x files)."""
+    folder = Path(root) / vid
+    if not folder.is_dir():
+        raise FrameError(f"{folder}: missing video folder")
+    suffix = "x" if mode == "flow" else ""
+    names = {p.name for p in folder.iterdir()}
+    n = 0
+    while f"{vid}-{n + 1:06d}{suffix}.jpg" in names:
+        n += 1
+    return n
+
+
+def load_charades_frames(root: str | Path, vid: str, start: int, num: int, mode: str = "rgb",
+                         resize: int | None = None) -> np.ndarray:
+    """Frames start..start+num-1 (1-based) of a Charades-layout video as uint8:
+    (num, H, W, 3) for rgb, (num, H, W, 2) for flow (x, y).
+
+    resize=None applies the original rule (upscale only when the smaller side is under 226 for
+    RGB, 224 for flow); resize=N makes the smaller side N; resize=0 keeps the size."""
+    out: list[np.ndarray] = []
+    for i in range(start, start + num):
+        if mode == "rgb":
+            img = read_image(charades_frame_path(root, vid, i))
+        elif mode == "flow":
+            img = np.stack([read_image(charades_frame_path(root, vid, i, "x"), gray=True),
+                            read_image(charades_frame_path(root, vid, i, "y"), gray=True)], axis=-1)
+        else:
+            raise ValueError(f"mode must be 'rgb' or 'flow', got {mode!r}")
+        if resize is None:
+            img = upscale_if_smaller(img, 226 if mode == "rgb" else 224)
+        else:
+            img = resize_smaller_side(img, resize)
+        out.append(img)
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def write_image(path: str | Path, img: np.ndarray, quality: int = 95) -> None:
+    """Write an RGB (H, W, 3) or gray (H, W) uint8 image; format by the file's extension."""
+    path = Path(path)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, img, params)
+    if not ok:
+        raise OSError(f"{path}: could not encode image")
+    buf.tofile(path)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed to `path`, on any error
+    removed, so a kill or crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to `path`, renamed to `path` on success (replacing an
+    unfinished one) and removed on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """np.save, atomically."""
+    with atomic_write(path, suffix=".tmp.npy") as tmp:
+        np.save(tmp, array)

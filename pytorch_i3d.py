@@ -1,0 +1,405 @@
+"""Inflated 3D ConvNet (I3D), "Quo Vadis, Action Recognition?" (Carreira & Zisserman, 2017).
+
+Architecture only: this module never downloads or converts weights (see weights.py).
+Submodule names and state-dict keys follow the original pytorch-i3d code, so its published
+checkpoints (rgb_imagenet.pt, flow_imagenet.pt, rgb_charades.pt, flow_charades.pt) load with
+strict=True. Padding is TensorFlow's 'SAME' computed from the input size, as in DeepMind's
+Sonnet model, so outputs match the TensorFlow checkpoints.
+
+`InceptionI3d.for_inference()` returns a faster, eval-only copy (batch norm folded into the
+convolutions, the three 1x1 convolutions that read a block's input fused, channels-last 3D,
+optional bf16/fp16 autocast) with the same `forward` and `extract_features`.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# The 18 endpoints of DeepMind's model, in order.
+VALID_ENDPOINTS = (
+    "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
+    "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+    "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c", "Logits", "Predictions",
+)
+FEATURE_DIM = 1024
+TEMPORAL_STRIDE = 8  # frames per output time step (Conv3d_1a, MaxPool3d_4a, MaxPool3d_5a halve T)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding of one dimension: (before, after), the odd pixel at the end."""
+    if size % stride == 0:
+        total = max(kernel - stride, 0)
+    else:
+        total = max(kernel - size % stride, 0)
+    return total // 2, total - total // 2
+
+
+def _same_pad_5d(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+    t, h, w = x.shape[2:]
+    pt = same_padding(t, kernel[0], stride[0])
+    ph = same_padding(h, kernel[1], stride[1])
+    pw = same_padding(w, kernel[2], stride[2])
+    if pt == ph == pw == (0, 0):
+        return x
+    # Zero padding, as the original code: every pooled input follows a ReLU, so 0 acts as -inf.
+    return F.pad(x, (pw[0], pw[1], ph[0], ph[1], pt[0], pt[1]))
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v, v)
+
+
+class MaxPool3dSamePadding(nn.MaxPool3d):
+    """Max pool with TensorFlow 'SAME' padding computed from the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(_same_pad_5d(x, _triple(self.kernel_size), _triple(self.stride)))
+
+
+class Unit3D(nn.Module):
+    """Conv3d ('SAME' padding) + optional BatchNorm3d (eps 1e-3, momentum 0.01) + optional ReLU."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        output_channels: int,
+        kernel_shape=(1, 1, 1),
+        stride=(1, 1, 1),
+        padding=0,  # kept for signature compatibility; padding is always 'SAME'
+        activation_fn: Callable | None = F.relu,
+        use_batch_norm: bool = True,
+        use_bias: bool = False,
+        name: str = "unit_3d",
+    ):
+        super().__init__()
+        self._output_channels = output_channels
+        self._kernel_shape = _triple(kernel_shape)
+        self._stride = _triple(stride)
+        self._use_batch_norm = use_batch_norm
+        self._activation_fn = activation_fn
+        self._use_bias = use_bias
+        self.name = name
+        self.conv3d = nn.Conv3d(in_channels, output_channels, self._kernel_shape, self._stride,
+                                padding=0, bias=use_bias)
+        if use_batch_norm:
+            self.bn = nn.BatchNorm3d(output_channels, eps=0.001, momentum=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3d(_same_pad_5d(x, self._kernel_shape, self._stride))
+        if self._use_batch_norm:
+            x = self.bn(x)
+        if self._activation_fn is not None:
+            x = self._activation_fn(x)
+        return x
+
+
+class InceptionModule(nn.Module):
+    """Inception block: 1x1 | 1x1->3x3 | 1x1->3x3 | maxpool->1x1, concatenated on channels."""
+
+    def __init__(self, in_channels: int, out_channels: list[int], name: str):
+        super().__init__()
+        self.b0 = Unit3D(in_channels, out_channels[0], [1, 1, 1], name=name + "/Branch_0/Conv3d_0a_1x1")
+        self.b1a = Unit3D(in_channels, out_channels[1], [1, 1, 1], name=name + "/Branch_1/Conv3d_0a_1x1")
+        self.b1b = Unit3D(out_channels[1], out_channels[2], [3, 3, 3], name=name + "/Branch_1/Conv3d_0b_3x3")
+        self.b2a = Unit3D(in_channels, out_channels[3], [1, 1, 1], name=name + "/Branch_2/Conv3d_0a_1x1")
+        self.b2b = Unit3D(out_channels[3], out_channels[4], [3, 3, 3], name=name + "/Branch_2/Conv3d_0b_3x3")
+        self.b3a = MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(1, 1, 1), padding=0)
+        self.b3b = Unit3D(in_channels, out_channels[5], [1, 1, 1], name=name + "/Branch_3/Conv3d_0b_1x1")
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+
+
+# (endpoint, constructor) in order; each takes the previous endpoint's channels.
+def _endpoint_modules(in_channels: int) -> list[tuple[str, nn.Module, int]]:
+    """Every convolutional endpoint with its output channel count."""
+    return [
+        ("Conv3d_1a_7x7", Unit3D(in_channels, 64, [7, 7, 7], stride=(2, 2, 2), name="Conv3d_1a_7x7"), 64),
+        ("MaxPool3d_2a_3x3", MaxPool3dSamePadding(kernel_size=[1, 3, 3], stride=(1, 2, 2), padding=0), 64),
+        ("Conv3d_2b_1x1", Unit3D(64, 64, [1, 1, 1], name="Conv3d_2b_1x1"), 64),
+        ("Conv3d_2c_3x3", Unit3D(64, 192, [3, 3, 3], name="Conv3d_2c_3x3"), 192),
+        ("MaxPool3d_3a_3x3", MaxPool3dSamePadding(kernel_size=[1, 3, 3], stride=(1, 2, 2), padding=0), 192),
+        ("Mixed_3b", InceptionModule(192, [64, 96, 128, 16, 32, 32], "Mixed_3b"), 256),
+        ("Mixed_3c", InceptionModule(256, [128, 128, 192, 32, 96, 64], "Mixed_3c"), 480),
+        ("MaxPool3d_4a_3x3", MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(2, 2, 2), padding=0), 480),
+        ("Mixed_4b", InceptionModule(480, [192, 96, 208, 16, 48, 64], "Mixed_4b"), 512),
+        ("Mixed_4c", InceptionModule(512, [160, 112, 224, 24, 64, 64], "Mixed_4c"), 512),
+        ("Mixed_4d", InceptionModule(512, [128, 128, 256, 24, 64, 64], "Mixed_4d"), 512),
+        ("Mixed_4e", InceptionModule(512, [112, 144, 288, 32, 64, 64], "Mixed_4e"), 528),
+        ("Mixed_4f", InceptionModule(528, [256, 160, 320, 32, 128, 128], "Mixed_4f"), 832),
+        ("MaxPool3d_5a_2x2", MaxPool3dSamePadding(kernel_size=[2, 2, 2], stride=(2, 2, 2), padding=0), 832),
+        ("Mixed_5b", InceptionModule(832, [256, 160, 320, 32, 128, 128], "Mixed_5b"), 832),
+        ("Mixed_5c", InceptionModule(832, [384, 192, 384, 48, 128, 128], "Mixed_5c"), FEATURE_DIM),
+    ]
+
+
+def final_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """The Logits endpoint's AvgPool3d((2, 7, 7), stride 1), shrunk where the map is smaller."""
+    kernel = (min(2, x.shape[2]), min(7, x.shape[3]), min(7, x.shape[4]))
+    return F.avg_pool3d(x, kernel, stride=1)
+
+
+class InceptionI3d(nn.Module):
+    """Inception-v1 I3D, as in DeepMind's kinetics-i3d and the pytorch-i3d port.
+
+    forward(x) with x of shape (B, C, T, H, W) returns per-time logits (B, num_classes, T')
+    when final_endpoint is 'Logits' (T' = ceil(T / 8) - 1, at least 1), the softmax of the
+    time-averaged logits (B, num_classes) for 'Predictions', and the endpoint's feature map
+    otherwise. forward(x, return_endpoints=True) also returns an OrderedDict of every endpoint.
+    """
+
+    VALID_ENDPOINTS = VALID_ENDPOINTS
+
+    def __init__(
+        self,
+        num_classes: int = 400,
+        spatial_squeeze: bool = True,
+        final_endpoint: str = "Logits",
+        name: str = "inception_i3d",
+        in_channels: int = 3,
+        dropout_keep_prob: float = 0.5,
+    ):
+        if final_endpoint not in VALID_ENDPOINTS:
+            raise ValueError(f"unknown final_endpoint {final_endpoint!r}; one of {', '.join(VALID_ENDPOINTS)}")
+        if not 0.0 < dropout_keep_prob <= 1.0:
+            raise ValueError(f"dropout_keep_prob must be in (0, 1], got {dropout_keep_prob}")
+        super().__init__()
+        self._num_classes = num_classes
+        self._spatial_squeeze = spatial_squeeze
+        self._final_endpoint = final_endpoint
+        self._in_channels = in_channels
+        self.name = name
+        self.end_points: dict[str, nn.Module] = {}
+        for end_point, module, _ in _endpoint_modules(in_channels):
+            self.end_points[end_point] = module
+            if end_point == final_endpoint:
+                break
+        self.build()
+        self._has_logits = final_endpoint in ("Logits", "Predictions")
+        if self._has_logits:
+            self.avg_pool = nn.AvgPool3d(kernel_size=[2, 7, 7], stride=(1, 1, 1))
+            # The original passed the keep probability as nn.Dropout's drop probability.
+            self.dropout = nn.Dropout(1.0 - dropout_keep_prob)
+            self.replace_logits(num_classes)
+
+    def build(self) -> None:
+        for k, module in self.end_points.items():
+            self.add_module(k, module)
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self._in_channels
+
+    def replace_logits(self, num_classes: int) -> None:
+        """A new, randomly initialised classifier of num_classes outputs (for fine-tuning)."""
+        self._num_classes = num_classes
+        self.logits = Unit3D(FEATURE_DIM, num_classes, [1, 1, 1], padding=0, activation_fn=None,
+                             use_batch_norm=False, use_bias=True, name="logits")
+
+    def _features(self, x: torch.Tensor, end_points: OrderedDict | None = None) -> torch.Tensor:
+        for end_point in self.end_points:
+            x = self._modules[end_point](x)
+            if end_points is not None:
+                end_points[end_point] = x
+        return x
+
+    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.logits(self.dropout(pooled))
+        if self._spatial_squeeze:
+            # Mean over space equals the original squeeze at 224x224 (1x1 maps) and lets any
+            # larger input give (B, classes, T').
+            x = x.mean(dim=(3, 4))
+        return x
+
+    def forward(self, x: torch.Tensor, return_endpoints: bool = False):
+        end_points: OrderedDict | None = OrderedDict() if return_endpoints else None
+        out = self._features(x, end_points)
+        if self._has_logits:
+            out = self._logits(final_avg_pool(out))
+            if end_points is not None:
+                end_points["Logits"] = out
+            if self._final_endpoint == "Predictions":
+                logits = out.mean(dim=2) if self._spatial_squeeze else out.mean(dim=(2, 3, 4))
+                out = F.softmax(logits, dim=1)
+                if end_points is not None:
+                    end_points["Predictions"] = out
+        if return_endpoints:
+            return out, end_points
+        return out
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of the last convolutional endpoint after the final average pool:
+        (B, 1024, T', 1, 1) for the full model at 224x224, as the original code."""
+        return final_avg_pool(self._features(x))
+
+    def for_inference(self, precision: str = "auto", device: torch.device | str | None = None) -> "FastInceptionI3d":
+        """An eval-only copy for fast inference; see FastInceptionI3d."""
+        return FastInceptionI3d(self, precision=precision, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast inference
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> the fastest precision that keeps I3D's predictions on this device."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _fold_unit(unit: Unit3D, padding: int | None) -> nn.Conv3d:
+    """Unit3D's conv with its batch norm folded in: w' = w * g / s, b' = beta - mean * g / s."""
+    conv = unit.conv3d
+    weight = conv.weight.detach().float()
+    bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[0])
+    if unit._use_batch_norm:
+        bn = unit.bn
+        gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(bn.running_var)
+        beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(bn.running_var)
+        scale = gamma / torch.sqrt(bn.running_var.float() + bn.eps)
+        weight = weight * scale.view(-1, 1, 1, 1, 1)
+        bias = beta + (bias - bn.running_mean.float()) * scale
+    folded = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                       padding=padding if padding is not None else 0, bias=True)
+    folded.weight.data.copy_(weight)
+    folded.bias.data.copy_(bias)
+    return folded
+
+
+class _FastUnit(nn.Module):
+    """A folded Unit3D. Stride-1 odd kernels pad symmetrically in the conv itself (no copy)."""
+
+    def __init__(self, unit: Unit3D):
+        super().__init__()
+        k, s = unit._kernel_shape, unit._stride
+        self._static = all(st == 1 and kk % 2 == 1 for kk, st in zip(k, s))
+        self.conv = _fold_unit(unit, padding=None)
+        if self._static:
+            self.conv.padding = tuple(kk // 2 for kk in k)
+        self._kernel, self._stride = k, s
+        self._relu = unit._activation_fn is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._static:
+            x = _same_pad_5d(x, self._kernel, self._stride)
+        x = self.conv(x)
+        return F.relu_(x) if self._relu else x
+
+
+class _FastInception(nn.Module):
+    """Inception block with b0, b1a and b2a (1x1 convs of the same input) run as one conv."""
+
+    def __init__(self, block: InceptionModule):
+        super().__init__()
+        heads = [_fold_unit(u, padding=0) for u in (block.b0, block.b1a, block.b2a)]
+        self._splits = [h.out_channels for h in heads]
+        self.heads = nn.Conv3d(heads[0].in_channels, sum(self._splits), 1, bias=True)
+        self.heads.weight.data.copy_(torch.cat([h.weight.data for h in heads]))
+        self.heads.bias.data.copy_(torch.cat([h.bias.data for h in heads]))
+        self.b1b, self.b2b, self.b3b = _FastUnit(block.b1b), _FastUnit(block.b2b), _FastUnit(block.b3b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y0, y1, y2 = F.relu_(self.heads(x)).split(self._splits, dim=1)
+        # Inputs follow a ReLU, so the -inf padding of max_pool3d equals the original zero padding.
+        y3 = self.b3b(F.max_pool3d(x, 3, 1, padding=1))
+        return torch.cat([y0, self.b1b(y1), self.b2b(y2), y3], dim=1)
+
+
+class FastInceptionI3d(nn.Module):
+    """Eval-only I3D for inference, built from a trained InceptionI3d (which is not changed).
+
+    Same forward / extract_features as the source model. Batch norm is folded into the
+    convolutions, each Inception block's three 1x1 convolutions of the same input are one
+    convolution, activations run channels-last 3D, and for bf16/fp16 the weights and
+    activations are kept in that precision (outputs come back as float32).
+    """
+
+    def __init__(self, model: InceptionI3d, precision: str = "auto", device: torch.device | str | None = None):
+        super().__init__()
+        if device is None:
+            device = next(model.parameters()).device
+        device = torch.device(device)
+        self.precision = resolve_precision(precision, device)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self._final_endpoint = model._final_endpoint
+        self._spatial_squeeze = model._spatial_squeeze
+        self._has_logits = model._has_logits
+        self._num_classes = model._num_classes
+        self._in_channels = model._in_channels
+        model = copy.deepcopy(model).float().cpu().eval()
+        layers = OrderedDict()
+        for name in model.end_points:
+            m = model._modules[name]
+            if isinstance(m, Unit3D):
+                layers[name] = _FastUnit(m)
+            elif isinstance(m, InceptionModule):
+                layers[name] = _FastInception(m)
+            else:
+                layers[name] = m
+        self.features = nn.Sequential(layers)
+        if self._has_logits:
+            self.logits = _fold_unit(model.logits, padding=0)
+        self.to(device=device, dtype=self.dtype)
+        if device.type == "cpu" or self.dtype != torch.float32:
+            self.to(memory_format=torch.channels_last_3d)
+        self.eval()
+        self.requires_grad_(False)
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self._in_channels
+
+    def _run_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype=self.dtype).contiguous(memory_format=torch.channels_last_3d)
+        return self.features(x)
+
+    @torch.inference_mode()
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        return final_avg_pool(self._run_features(x).float()).contiguous()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run_features(x)
+        if not self._has_logits:
+            return out.float().contiguous()
+        out = self.logits(final_avg_pool(out.float()).to(self.dtype)).float()
+        if self._spatial_squeeze:
+            out = out.mean(dim=(3, 4))
+        if self._final_endpoint == "Predictions":
+            logits = out.mean(dim=2) if self._spatial_squeeze else out.mean(dim=(2, 3, 4))
+            return F.softmax(logits, dim=1)
+        return out.contiguous()
