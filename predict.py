@@ -1,0 +1,190 @@
+"""Classify videos with the Kinetics I3D models, as DeepMind's evaluate_sample.py.
+
+    python predict.py INPUT... --weights models/rgb_scratch.pt [--top 5] [--json]
+    python predict.py clip.mp4 --weights models/rgb_imagenet.pt \
+        --flow-weights models/flow_imagenet.pt --flow-input flow/clip   # two-stream
+
+INPUT is a video file (anything OpenCV decodes) or a folder of frame images sorted by name.
+Frames: smaller side to --resize pixels, center crop --crop, values in [-1, 1]. The logits are
+averaged over time; two-stream adds the RGB and flow logits, then softmax. Long videos are
+streamed through the network in overlapping windows, so memory does not grow with length
+and the result equals running the whole video at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import frame_io
+from cli import UserError, run_main, select_device, setup_logging
+from pytorch_i3d import PRECISIONS
+
+log = logging.getLogger("predict")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def load_labels(num_classes: int) -> list[str]:
+    """Kinetics-400 / -600 class names by the number of classes, else 'class N'."""
+    files = {400: DATA_DIR / "label_map.txt", 600: DATA_DIR / "label_map_600.txt"}
+    if num_classes in files and files[num_classes].is_file():
+        labels = [line.strip() for line in files[num_classes].read_text().splitlines() if line.strip()]
+        if len(labels) == num_classes:
+            return labels
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def rgb_clips(source: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
+    """Frames of a video or frame folder, resized and center-cropped, as uint8 (H, W, 3)."""
+    for frame in frame_io.iter_frames(source, resize=resize):
+        yield frame_io.center_crop(frame, crop)
+
+
+def flow_frames(folder: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
+    """x/y flow JPEGs (dense_flow.py's `*x.jpg`, `*y.jpg`) as uint8 (H, W, 2)."""
+    files = frame_io.list_frame_files(folder)
+    xs = [f for f in files if f.stem.endswith("x")]
+    if not xs:
+        raise frame_io.FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
+    for fx in xs:
+        fy = fx.with_name(fx.stem[:-1] + "y" + fx.suffix)
+        pair = np.stack([frame_io.read_image(fx, gray=True), frame_io.read_image(fy, gray=True)], axis=-1)
+        yield frame_io.center_crop(frame_io.resize_smaller_side(pair, resize), crop)
+
+
+def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.device) -> Iterator[np.ndarray]:
+    """TV-L1 flow computed on the fly with dense_flow.py, encoded as its JPEGs would be."""
+    import dense_flow
+
+    gray = frame_io.read_frames(source, resize=resize, gray=True)
+    if len(gray) < 2:
+        raise frame_io.FrameError(f"{source}: fewer than two frames, no flow")
+    flow = dense_flow.compute_flow(gray, device=device)
+    for f in flow:
+        x, y = dense_flow.flow_to_uint8(f)
+        yield frame_io.center_crop(np.stack([x, y], axis=-1), crop)
+
+
+def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarray]], total: int | None,
+                 device: torch.device) -> torch.Tensor:
+    """Time-averaged logits (num_classes,) of a whole frame stream (`frames` returns a fresh
+    iterator; `total` is the expected frame count, used to align the streamed windows)."""
+    from extract_features import stream_features
+
+    feats = stream_features(model, frames, device=device, total=total)  # (T', 1024, h, w)
+    # The logits layer is a 1x1x1 convolution, i.e. linear: the logits of the mean pooled
+    # feature are the mean over time (and space) of the per-time logits.
+    mean_feat = feats.mean(dim=(0, 2, 3))
+    conv = getattr(model.logits, "conv3d", model.logits)
+    x = mean_feat.view(1, -1, 1, 1, 1).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.inference_mode():
+        return F.conv3d(x, conv.weight, conv.bias).flatten().float().cpu()
+
+
+def frame_count(source: Path) -> int | None:
+    """Frames in a folder, or the count a video's container reports (may be off by a few)."""
+    if source.is_dir():
+        return len(frame_io.list_frame_files(source))
+    return frame_io.video_info(source)[0] or None
+
+
+def build_model(weights: Path, mode: str, device: torch.device, precision: str) -> torch.nn.Module:
+    import weights as weights_mod
+
+    model = weights_mod.load_model(weights_mod.resolve_weights(weights), mode=mode, device=device)
+    return model.for_inference(precision=precision, device=device)
+
+
+def top_k(logits: torch.Tensor, labels: list[str], k: int) -> dict:
+    logits = logits.double()
+    probs = torch.softmax(logits, dim=0)
+    order = torch.argsort(probs, descending=True)[:k]
+    return {
+        "logits_norm": float(torch.linalg.vector_norm(logits)),
+        "top": [{"label": labels[i], "index": int(i), "prob": float(probs[i]), "logit": float(logits[i])}
+                for i in order.tolist()],
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="video files or frame folders")
+    p.add_argument("-weights", "--weights", type=Path, default=Path("models/rgb_scratch.pt"),
+                   help="RGB weights: a .pt file or a name from `python weights.py --list`")
+    p.add_argument("-flow_weights", "--flow-weights", type=Path, default=None,
+                   help="flow weights for two-stream prediction")
+    p.add_argument("-flow_input", "--flow-input", type=Path, action="append", default=None,
+                   help="folder of x/y flow JPEGs for the matching INPUT (repeat per input); "
+                        "without it, --flow-weights computes TV-L1 flow with dense_flow.py")
+    p.add_argument("--top", type=int, default=5, help="classes to show per input")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    p.add_argument("--resize", type=int, default=256, help="smaller side in pixels (0 keeps the frames)")
+    p.add_argument("--crop", type=int, default=224, help="center crop size (0: no crop)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.top < 1:
+        p.error("--top must be at least 1")
+    if args.flow_input and len(args.flow_input) != len(args.inputs):
+        p.error(f"--flow-input given {len(args.flow_input)} times for {len(args.inputs)} inputs")
+    if args.flow_input and not args.flow_weights:
+        p.error("--flow-input needs --flow-weights")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    device = select_device(args.device)
+    rgb_model = build_model(args.weights, "rgb", device, args.precision)
+    flow_model = build_model(args.flow_weights, "flow", device, args.precision) if args.flow_weights else None
+    if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
+        raise UserError(f"{args.flow_weights}: {flow_model.num_classes} classes, but the RGB weights have "
+                        f"{rgb_model.num_classes}")
+    labels = load_labels(rgb_model.num_classes)
+
+    results, failures = [], []
+    for i, source in enumerate(args.inputs):
+        try:
+            logits = video_logits(rgb_model, lambda: rgb_clips(source, args.resize, args.crop),
+                                  frame_count(source), device)
+            if flow_model is not None:
+                if args.flow_input:
+                    folder = args.flow_input[i]
+                    flow = lambda: flow_frames(folder, args.resize, args.crop)  # noqa: E731
+                    count = None
+                else:
+                    computed = list(computed_flow_frames(source, args.resize, args.crop, device))
+                    flow, count = (lambda: iter(computed)), len(computed)
+                logits = logits + video_logits(flow_model, flow, count, device)
+        except frame_io.FrameError as e:
+            print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+            failures.append(source)
+            continue
+        result = {"input": str(source), **top_k(logits, labels, args.top)}
+        results.append(result)
+        if not args.json:
+            print(f"{source}")
+            print(f"Norm of logits: {result['logits_norm']:f}")
+            print("Top classes and probabilities")
+            for t in result["top"]:
+                print(f"{t['prob']:e} {t['logit']:.2f} {t['label']}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if failures:
+        print(f"{Path(sys.argv[0]).name}: error: {len(failures)} of {len(args.inputs)} inputs failed: "
+              + ", ".join(map(str, failures)), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
