@@ -1,0 +1,146 @@
+"""Whole videos, streamed: the dataset extract_features.py reads.
+
+Each video is decoded in a DataLoader worker and handed over as consecutive pieces of uint8
+frames (n, H, W, C), resized by the Charades rule (or --resize) and center cropped, so frames
+stay 1 byte per value until the model's device and memory never holds a whole long video.
+Frame reading is frame_io's (the same as charades_dataset.py): Charades frame folders
+(root/VID/VID-000001.jpg, flow VID-000001x.jpg / y.jpg), video files, and frame folders.
+
+A video that cannot be read yields one item with `error` set; the others go on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+import frame_io
+
+PIECE_FRAMES = 64  # frames per item: big enough to amortise IPC, small enough to stay bounded
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video to extract. key is its output name (relative path without suffix, '/'-separated).
+    layout: 'charades' (root/VID/VID-000001.jpg), 'file' (a video file) or 'folder' (frame images)."""
+    key: str
+    layout: str
+    path: str  # the video file / frame folder; for 'charades' the root
+    vid: str = ""  # Charades video id
+
+
+def resize_rule(img: np.ndarray, resize: int | None, mode: str) -> np.ndarray:
+    """resize None: the original rule (upscale only when the smaller side is under 226 for RGB,
+    224 for flow); N: smaller side to N; 0: keep."""
+    if resize is None:
+        return frame_io.upscale_if_smaller(img, 226 if mode == "rgb" else 224)
+    return frame_io.resize_smaller_side(img, resize)
+
+
+def _flow_folder_frames(folder: Path) -> tuple[int, Iterator[np.ndarray]]:
+    """x/y flow JPEG pairs of a frame folder (`*x.jpg`, `*y.jpg`) as uint8 (H, W, 2)."""
+    xs = [f for f in frame_io.list_frame_files(folder) if f.stem.endswith("x")]
+    if not xs:
+        raise frame_io.FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
+
+    def gen() -> Iterator[np.ndarray]:
+        for fx in xs:
+            fy = fx.with_name(fx.stem[:-1] + "y" + fx.suffix)
+            yield np.stack([frame_io.read_image(fx, gray=True), frame_io.read_image(fy, gray=True)], axis=-1)
+    return len(xs), gen()
+
+
+def open_video(src: VideoSource, mode: str, resize: int | None = None,
+               crop: int = 224) -> tuple[int, float, Iterator[np.ndarray]]:
+    """(frame count, fps, frame iterator) of a source. The count is exact for frame folders and
+    the container's figure for video files (the caller checks it against what was decoded);
+    fps is nan where unknown. Frames are uint8 (H, W, 3) RGB or (H, W, 2) flow, resized and
+    cropped. Raises FrameError for a missing or unreadable source."""
+    if src.layout == "charades":
+        total = frame_io.count_charades_frames(src.path, src.vid, mode)
+        if total == 0:
+            raise frame_io.FrameError(f"{Path(src.path) / src.vid}: no frames "
+                                      f"({src.vid}-000001{'x' if mode == 'flow' else ''}.jpg missing)")
+
+        def gen() -> Iterator[np.ndarray]:
+            # Through load_charades_frames in small runs, the one Charades frame loader.
+            for start in range(1, total + 1, 16):
+                frames = frame_io.load_charades_frames(src.path, src.vid, start, min(16, total + 1 - start), mode,
+                                                       resize=resize)
+                yield from frames
+        frames, fps = gen(), math.nan
+    elif mode == "flow":
+        if src.layout != "folder":
+            raise frame_io.FrameError(f"{src.path}: flow mode needs a folder of x/y flow JPEGs "
+                                      f"(make them with dense_flow.py), not a video file")
+        total, frames = _flow_folder_frames(Path(src.path))
+        frames, fps = (resize_rule(f, resize, mode) for f in frames), math.nan
+    elif src.layout == "folder":
+        files = frame_io.list_frame_files(src.path)
+        if not files:
+            raise frame_io.FrameError(f"{src.path}: no frame images in folder")
+        total, fps = len(files), math.nan
+        frames = (resize_rule(f, resize, mode) for f in frame_io.iter_frames(src.path))
+    else:
+        total, fps, _, _ = frame_io.video_info(src.path)
+        frames = (resize_rule(f, resize, mode) for f in frame_io.iter_frames(src.path))
+    if crop:
+        frames = (frame_io.center_crop(f, crop) for f in frames)
+    return total, fps, frames
+
+
+def iter_pieces(src: VideoSource, mode: str, resize: int | None, crop: int,
+                piece_frames: int = PIECE_FRAMES) -> Iterator[dict]:
+    """The items of one video: dicts with frames (n, H, W, C) uint8 tensor, start (first frame
+    index), total (expected frame count), fps, last (True on the final item, whose `count` is
+    the number of frames actually decoded) and error (None, or one line naming the file)."""
+    base = {"key": src.key, "start": 0, "total": 0, "fps": math.nan, "last": False, "count": 0, "error": None,
+            "frames": torch.empty(0, dtype=torch.uint8)}
+    count = 0
+    try:
+        total, fps, frames = open_video(src, mode, resize, crop)
+        base.update(total=total, fps=fps)
+        buf: list[np.ndarray] = []
+        for f in frames:
+            buf.append(f if f.ndim == 3 else f[..., None])
+            if len(buf) == piece_frames:
+                yield {**base, "start": count, "frames": torch.from_numpy(np.stack(buf))}
+                count += len(buf)
+                buf = []
+        tail = torch.from_numpy(np.stack(buf)) if buf else base["frames"]
+        count += len(buf)
+        if count == 0:
+            raise frame_io.FrameError(f"{src.path}: no frames decoded")
+        yield {**base, "start": count - len(buf), "frames": tail, "last": True, "count": count}
+    except Exception as e:  # one bad video must not stop the others: report it as an item
+        msg = str(e) if isinstance(e, frame_io.FrameError) else f"{src.key}: {e.__class__.__name__}: {e}"
+        yield {**base, "last": True, "count": count, "error": msg}
+
+
+class StreamingVideoDataset(IterableDataset):
+    """An IterableDataset over whole videos, yielding iter_pieces items video after video.
+
+    Each video is read by exactly one worker (video i goes to worker i % num_workers), so a
+    video's items arrive in order, while items of different workers' videos interleave.
+    Use batch_size=None in the DataLoader (items are already batches of frames)."""
+
+    def __init__(self, sources: list[VideoSource], mode: str = "rgb", resize: int | None = None,
+                 crop: int = 224, piece_frames: int = PIECE_FRAMES):
+        self.sources = list(sources)
+        self.mode, self.resize, self.crop, self.piece_frames = mode, resize, crop, piece_frames
+
+    def __len__(self) -> int:  # number of videos, for progress bars
+        return len(self.sources)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in range(wid, len(self.sources), nw):
+            for item in iter_pieces(self.sources[i], self.mode, self.resize, self.crop, self.piece_frames):
+                item["index"] = i
+                yield item

@@ -1,0 +1,422 @@
+"""extract_features.py / charades_dataset_full.py: exact chunked extraction, outputs, resume,
+failures, sharding, HDF5, windows, ten-crop, bounded memory. Small frames and random weights
+(batch-norm statistics calibrated so features are of order 1 and tolerances mean something)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import extract_features as ef
+import frame_io
+from charades_dataset_full import StreamingVideoDataset, VideoSource
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def frames_to_input(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> (1, C, T, H, W) in [-1, 1], as the original script."""
+    x = (frames.astype(np.float64) / 255.0) * 2 - 1
+    return torch.from_numpy(x.astype(np.float32).transpose(3, 0, 1, 2))[None]
+
+
+def whole_video(model, frames: np.ndarray) -> np.ndarray:
+    """The reference: the plain model on the whole video at once, (T', h, w, 1024)."""
+    with torch.no_grad():
+        return model.extract_features(frames_to_input(frames))[0].permute(1, 2, 3, 0).numpy()
+
+
+@pytest.fixture(scope="module")
+def model5c():
+    return ef.calibrated_random_i3d(final_endpoint="Mixed_5c")
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("w") / "rgb_random.pt"
+    torch.save(ef.calibrated_random_i3d(num_classes=157).state_dict(), path)
+    return path
+
+
+def assert_close(out: np.ndarray, ref: np.ndarray, tol: float = 1e-4) -> None:
+    """|out - ref| <= tol, relative to the features' scale where it exceeds 1. The random test
+    networks amplify float32 rounding a little (two copies of a clip in one batch already differ
+    by ~1e-5); with real weights (test_real_weights_*) the bound is absolute."""
+    assert out.shape == ref.shape
+    err, scale = float(np.abs(out - ref).max()), max(1.0, float(np.abs(ref).max()))
+    assert err <= tol * scale, (err, scale)
+
+
+def random_frames(t: int, h: int = 16, w: int = 16, c: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, c), dtype=np.uint8)
+
+
+def make_charades(root: Path, vid: str, t: int, h: int = 32, w: int = 40, seed: int = 0) -> None:
+    (root / vid).mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(random_frames(t, h, w, seed=seed), start=1):
+        frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img, quality=100)
+
+
+def write_video(path: Path, t: int, size: int = 32, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (size, size))
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    for i in range(t):  # a moving pattern: cheap to encode, decodes to the stated frame count
+        writer.write(np.roll(base, i, axis=1))
+    writer.release()
+
+
+def run_cli(*argv: str) -> int:
+    return ef.main([str(a) for a in argv])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactness of the temporal chunking
+# ---------------------------------------------------------------------------------------------
+
+def test_temporal_geometry():
+    assert ef.temporal_geometry("Mixed_5c", pooled=True) == (8, 47, 62)  # 110-frame receptive field
+    assert ef.temporal_geometry("Mixed_4f", pooled=False)[0] == 4
+    assert ef.temporal_geometry("Conv3d_1a_7x7", pooled=False) == (2, 3, 4)
+
+
+def test_chunked_equals_whole_video(model5c, chunk_frames=32):
+    run = ef.make_runner(model5c, torch.device("cpu"))
+    stride, left, right = ef.temporal_geometry()
+    for t in (1, 7, 8, 9, 63, 64, 65, 130, 301):
+        frames = random_frames(t, seed=t)
+        ref = whole_video(model5c, frames)
+        assert ref.shape == (max(1, -(-t // 8) - 1), 1, 1, 1024)
+        chunker = ef.TemporalChunker(run, stride, left, right, chunk_frames, total=t)
+        for i in range(0, t, 5):  # odd piece sizes: chunk boundaries fall anywhere
+            chunker.push(frames[i:i + 5])
+        out = chunker.finish()[0].numpy()
+        assert out.shape == ref.shape, t
+        assert_close(out, ref)
+        if t >= 130:
+            assert len(chunker.outputs) > 2, "long videos must go through several chunks"
+
+
+def test_chunking_needs_its_context_and_residue(model5c):
+    """The checks above are sensitive: too little context, or chunks of the wrong length
+    residue (other TF-SAME padding phase), give visibly different features."""
+    run = ef.make_runner(model5c, torch.device("cpu"))
+    frames = random_frames(100, seed=1)
+    ref = whole_video(model5c, frames)
+    short = ef.TemporalChunker(run, 8, 16, 16, 16, total=100)
+    short.push(frames)
+    assert np.abs(short.finish()[0].numpy() - ref).max() > 1e-2
+    wrong = ef.TemporalChunker(run, 8, 47, 62, 16, total=101)
+    wrong.push(frames)
+    with pytest.raises(ef.ResidueMismatch):
+        wrong.finish()
+    wrong.middle_done = False  # force the final chunk through: the phase really matters
+    assert np.abs(wrong.finish()[0].numpy() - ref).max() > 1e-2
+
+
+def test_endpoint_chunked_equals_whole_video():
+    model = ef.calibrated_random_i3d(final_endpoint="Mixed_4f")
+    frames = random_frames(130, seed=2)
+    with torch.no_grad():
+        ref = model(frames_to_input(frames))[0].mean(dim=(2, 3)).T.numpy()  # (T/4, 832)
+    stride, left, right = ef.temporal_geometry("Mixed_4f", pooled=False)
+    chunker = ef.TemporalChunker(ef.make_runner(model, torch.device("cpu"), endpoint="Mixed_4f"),
+                                 stride, left, right, 16, total=130)
+    chunker.push(frames)
+    out = chunker.finish()[0].numpy()
+    assert out.shape == ref.shape == (33, 832)
+    assert_close(out, ref)
+
+
+def test_stream_features_rereads_on_wrong_length(model5c):
+    frames = random_frames(100, seed=3)
+    ref = whole_video(model5c, frames)  # (T', 1, 1, 1024)
+    out = ef.stream_features(model5c, lambda: iter(frames), total=105, chunk_frames=16)
+    assert out.shape == (ref.shape[0], 1024, 1, 1)
+    assert_close(out.permute(0, 2, 3, 1).numpy(), ref)
+    with pytest.raises(ef.ResidueMismatch):
+        ef.stream_features(model5c, iter(frames), total=105, chunk_frames=16)
+    # A one-shot iterator of unknown length (predict.py's case) is spooled to disk and exact.
+    spooled = ef.stream_features(model5c, (f for f in frames), chunk_frames=16)
+    assert_close(spooled.permute(0, 2, 3, 1).numpy(), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The script: original semantics, resume, failures, inputs, shards, formats
+# ---------------------------------------------------------------------------------------------
+
+def test_original_semantics_at_224_real_weights(tmp_path, rgb_scratch_weights):
+    """-root Charades frames, 16 frames of 226x240 (no upscale), crop 224 -> (1, 1, 1, 1024),
+    equal to 1e-4 to the plain model on the whole clip as the original script computes it."""
+    import weights
+
+    root = tmp_path / "root"
+    make_charades(root, "VID01", 16, h=226, w=240)
+    assert run_cli("-mode", "rgb", "-load_model", rgb_scratch_weights, "-root", root, "-save_dir", tmp_path / "out",
+                   "--workers", "0", "-q") == 0
+    out = np.load(tmp_path / "out" / "VID01.npy")
+    assert out.shape == (1, 1, 1, 1024) and out.dtype == np.float32
+    model = weights.load_model(rgb_scratch_weights, mode="rgb")
+    frames = frame_io.center_crop(frame_io.load_charades_frames(root, "VID01", 1, 16), 224)
+    assert np.abs(out - whole_video(model, frames)).max() < 1e-4
+
+
+def test_real_weights_chunked_fast_equals_whole_video(rgb_scratch_weights):
+    """Chunks through the fast inference copy vs the plain model on the whole video, real weights."""
+    import weights
+
+    model = weights.load_model(rgb_scratch_weights, mode="rgb")
+    frames = random_frames(130, h=48, w=48, seed=11)
+    ref = whole_video(model, frames)
+    out = ef.stream_features(model.for_inference("fp32"), list(frames), chunk_frames=16)
+    assert np.abs(out.permute(0, 2, 3, 1).numpy() - ref).max() < 1e-4
+
+
+def test_resume_skips_finished_and_reports_failures(tmp_path, weights_file):
+    root = tmp_path / "root"
+    make_charades(root, "A", 12)
+    make_charades(root, "B", 20, seed=1)
+    make_charades(root, "C", 9, seed=2)
+    (root / "C" / "C-000004.jpg").write_bytes(b"not a jpeg")  # corrupt frame
+    (root / "EMPTY").mkdir()
+    out = tmp_path / "out"
+    args = ["-load_model", weights_file, "-root", root, "-save_dir", out, "--resize", "0", "--crop", "32",
+            "--workers", "0", "-q"]
+    assert run_cli(*args) == 1  # failures -> non-zero, the others finished
+    assert sorted(p.name for p in out.glob("*.npy")) == ["A.npy", "B.npy"]
+    failures = (out / "failures.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in failures] == ["C", "EMPTY"]
+    assert "C-000004.jpg" in failures[0]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    make_charades(root, "C", 9, seed=2)  # repaired
+    (root / "EMPTY").rmdir()
+    assert run_cli(*args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy") if p.name != "C.npy"} == mtimes
+    assert (out / "C.npy").is_file() and not (out / "failures.txt").exists()
+    assert np.load(out / "B.npy").shape == (2, 1, 1, 1024)
+
+
+def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-load_model", str(weights_file),
+                        "-root", str(tmp_path / "missing"), "-save_dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "missing" in r.stderr
+    assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
+    # RGB mode with flow weights: refused by weights.load_model, one line.
+    flow_w = tmp_path / "flow.pt"
+    torch.save(ef.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    make_charades(tmp_path / "root", "A", 9)
+    r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-mode", "rgb", "-load_model", str(flow_w),
+                        "-root", str(tmp_path / "root"), "-save_dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "flow" in r.stderr
+
+
+def test_shard_partition():
+    sources = [VideoSource(key=f"v{i:03d}", layout="file", path=f"v{i}") for i in range(23)]
+    for n in (1, 2, 3, 5, 23, 30):
+        parts = [ef.shard(list(reversed(sources)), k, n) for k in range(n)]
+        keys = [s.key for part in parts for s in part]
+        assert sorted(keys) == [s.key for s in sources] and len(set(keys)) == len(keys)  # no gap, no overlap
+    assert ef.parse_shard("2/4") == (2, 4)
+    os.environ.update(RANK="1", WORLD_SIZE="3")
+    try:
+        assert ef.parse_shard(None) == (1, 3)
+    finally:
+        del os.environ["RANK"], os.environ["WORLD_SIZE"]
+    with pytest.raises(ef.UserError):
+        ef.parse_shard("4/4")
+
+
+def test_input_nested_same_names_with_workers_and_shards(tmp_path, weights_file):
+    for d in ("a", "b", "b/deeper"):
+        write_video(tmp_path / "v" / d / "clip.mp4", 20, seed=len(d) + ord(d[0]))
+    frames_dir = tmp_path / "v" / "c" / "clip"
+    frames_dir.mkdir(parents=True)
+    for i, img in enumerate(random_frames(11, h=32, w=32, seed=9)):
+        frame_io.write_image(frames_dir / f"{i:05d}.png", img)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{tmp_path / 'v' / 'a' / 'clip.mp4'}\n{tmp_path / 'v' / 'b'}\n{frames_dir}\n")
+    common = ["-load_model", weights_file, "--input", lst, "--resize", "0", "--crop", "32", "-q"]
+    out = tmp_path / "out"
+    assert run_cli(*common, "-save_dir", out, "--workers", "2", "--shard", "0/2") == 0
+    assert run_cli(*common, "-save_dir", out, "--workers", "0", "--shard", "1/2") == 0
+    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
+    assert got == ["a/clip.npy", "b/clip.npy", "b/deeper/clip.npy", "c/clip.npy"]
+    assert np.load(out / "c" / "clip.npy").shape == (1, 1, 1, 1024)
+    assert not np.allclose(np.load(out / "a" / "clip.npy"), np.load(out / "b" / "clip.npy"))
+
+
+def test_h5_output_resumes(tmp_path, weights_file):
+    import h5py
+
+    root = tmp_path / "root"
+    make_charades(root, "A", 17)
+    make_charades(root, "B", 9, seed=1)
+    out = tmp_path / "out"
+    args = ["-load_model", weights_file, "-root", root, "-save_dir", out, "--resize", "0", "--crop", "32",
+            "--workers", "0", "-q", "--format", "h5"]
+    assert run_cli(*args) == 0
+    with h5py.File(out / "features.h5", "r") as f:
+        assert sorted(f) == ["A", "B"]
+        assert f["A"].shape == (2, 1, 1, 1024) and f["A"].attrs["stride"] == 8 and f["A"].attrs["frames"] == 17
+        first = f["A"][()]
+    assert not (out / ".pending").exists()
+    make_charades(root, "C", 8, seed=2)
+    # A video finished by a killed run (pending .npy, never merged) is picked up, not recomputed.
+    ef.H5Store(out / "features.h5", out / ".pending").save("D", np.zeros((1, 2), np.float32), {"stride": 8})
+    assert run_cli(*args) == 0
+    with h5py.File(out / "features.h5", "r") as f:
+        assert sorted(f) == ["A", "B", "C", "D"]
+        np.testing.assert_array_equal(f["A"][()], first)
+        assert f["D"].shape == (1, 2)
+
+
+def test_stack_step_windows(tmp_path, weights_file, model5c):
+    """--stack 16 --step 8 on 40 frames: windows at 0, 8, 16, 24 (the partial one at 32 is
+    dropped), each the mean over time and space of its own forward pass."""
+    frames = random_frames(40, seed=4)
+    stacker = ef.WindowStacker(ef.make_runner(model5c, torch.device("cpu")), 16, 8, batch=3)
+    for i in range(0, 40, 7):
+        stacker.push(frames[i:i + 7])
+    out = stacker.finish()[0].numpy()
+    ref = np.stack([whole_video(model5c, frames[s:s + 16]).mean(axis=(0, 1, 2)) for s in (0, 8, 16, 24)])
+    assert out.shape == (4, 1024)
+    assert_close(out, ref)
+    gap = ef.WindowStacker(ef.make_runner(model5c, torch.device("cpu")), 8, 20)  # step > stack
+    gap.push(frames)
+    assert_close(gap.finish()[0].numpy()[1], whole_video(model5c, frames[20:28]).mean(axis=(0, 1, 2)))
+    root = tmp_path / "root"
+    make_charades(root, "A", 40)
+    make_charades(root, "SHORT", 10)
+    rc = run_cli("-load_model", weights_file, "-root", root, "-save_dir", tmp_path / "out", "--resize", "0",
+                 "--crop", "32", "--workers", "0", "-q", "--stack", "16", "--step", "8")
+    assert rc == 1  # SHORT is shorter than one window
+    assert np.load(tmp_path / "out" / "A.npy").shape == (4, 1024)
+    assert "shorter than one --stack" in (tmp_path / "out" / "failures.txt").read_text()
+
+
+def test_ten_crop_and_flow_flip(model5c):
+    frames = random_frames(9, h=40, w=48, seed=5)
+    run = ef.make_runner(model5c, torch.device("cpu"), ten_crop=32)
+    out = run(torch.from_numpy(frames)[None])[0].numpy()  # (10, T', 1, 1, 1024)
+    assert out.shape == (10, 1, 1, 1, 1024)
+    center = whole_video(model5c, frame_io.center_crop(frames, 32))
+    assert_close(out[4], center)
+    assert_close(out[9], whole_video(model5c, frame_io.center_crop(frames, 32)[:, :, ::-1].copy()))
+    flow_model = ef.calibrated_random_i3d(in_channels=2, final_endpoint="Mixed_5c")
+    flow = random_frames(9, h=32, w=32, c=2, seed=6)
+    got = ef.make_runner(flow_model, torch.device("cpu"), mode="flow", ten_crop=32)(torch.from_numpy(flow)[None])[0]
+    x = frames_to_input(flow).flip(-1)
+    x[:, 0] = -x[:, 0]  # mirrored flow: x displacement negated
+    with torch.no_grad():
+        ref = flow_model.extract_features(x)[0].permute(1, 2, 3, 0).numpy()
+    assert_close(got[5].numpy(), ref)
+
+
+def test_streaming_dataset_pieces(tmp_path):
+    root = tmp_path / "root"
+    make_charades(root, "A", 70, h=30, w=40)
+    items = list(StreamingVideoDataset([VideoSource("A", "charades", str(root), "A")], resize=None, crop=224))
+    assert [it["frames"].shape[0] for it in items] == [64, 6]
+    assert items[0]["frames"].dtype == torch.uint8 and tuple(items[0]["frames"].shape[1:]) == (224, 224, 3)
+    assert items[-1]["last"] and items[-1]["count"] == 70 and items[0]["total"] == 70
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory does not grow with length
+# ---------------------------------------------------------------------------------------------
+
+def _peak_rss_kib(video: Path, weights: Path, out: Path) -> int:
+    code = ("import resource, subprocess, sys; "
+            "subprocess.run(sys.argv[1:], check=False); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    cmd = [sys.executable, "-c", code, sys.executable, str(REPO / "extract_features.py"), "-load_model", str(weights),
+           "--input", str(video), "-save_dir", str(out), "--resize", "0", "--crop", "64", "--workers", "0",
+           "--chunk-frames", "128", "-q", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout.split()[-1])
+
+
+def test_peak_memory_bounded(tmp_path, weights_file):
+    short, long = tmp_path / "short.mp4", tmp_path / "long.mp4"
+    write_video(short, 250, size=64)
+    write_video(long, 2000, size=64)
+    assert frame_io.video_info(long)[0] == 2000
+    rss_short = _peak_rss_kib(short, weights_file, tmp_path / "o1")
+    rss_long = _peak_rss_kib(long, weights_file, tmp_path / "o2")
+    assert np.load(tmp_path / "o2" / "long.npy").shape == (249, 1, 1, 1024)
+    assert rss_long <= 1.25 * rss_short, (rss_short, rss_long)
+
+
+def test_wrong_container_frame_count_is_reread(tmp_path, weights_file, monkeypatch, caplog):
+    """A container that reports the wrong frame count (other length mod 8) costs a re-read,
+    never a wrong result."""
+    import charades_dataset_full
+
+    video = tmp_path / "v" / "clip.mp4"
+    write_video(video, 100, size=32)
+    args = ["-load_model", weights_file, "--input", video, "--resize", "0", "--crop", "32", "--workers", "0",
+            "--chunk-frames", "16", "-q"]
+    assert run_cli(*args, "-save_dir", tmp_path / "good") == 0
+    real_info = frame_io.video_info
+    monkeypatch.setattr(charades_dataset_full.frame_io, "video_info", lambda p: (real_info(p)[0] + 3,) + real_info(p)[1:])
+    with caplog.at_level("INFO", logger="extract_features"):
+        assert run_cli(*args, "-save_dir", tmp_path / "reread") == 0
+    assert "re-reading" in caplog.text
+    np.testing.assert_array_equal(np.load(tmp_path / "reread" / "clip.npy"), np.load(tmp_path / "good" / "clip.npy"))
+
+
+def test_benchmark_extraction_rows():
+    import types
+
+    args = types.SimpleNamespace(extract_frames=20, extract_height=40, extract_width=48, extract_resize=0,
+                                 extract_crop=32, random_weights=True, workers=0, device="cpu")
+    rows = ef.benchmark_extraction(args)
+    assert rows[0]["row"] == rows[0]["baseline_row"] == rows[1]["baseline_row"]
+    assert [r["row"].split(",")[0] for r in rows[1:]] == ["ours", "ours"]
+    for r in rows:
+        assert set(r) >= {"section", "row", "unit", "value", "baseline_row", "baseline_value"}
+        assert r["unit"] == "frames/s" and r["value"] > 0 and "max abs diff" in r["note"]
+
+
+def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
+    root = tmp_path / "root"
+    make_charades(root, "A", 10)
+    for i, img in enumerate(random_frames(10, 32, 40, c=2, seed=7), start=1):
+        frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "x"), img[..., 0])
+        frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "y"), img[..., 1])
+    flow_w = tmp_path / "flow.pt"
+    torch.save(ef.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    out = tmp_path / "out"
+    assert run_cli("-mode", "both", "-load_model", weights_file, "--flow-model", flow_w, "-root", root,
+                   "-save_dir", out, "--resize", "0", "--crop", "32", "--workers", "0", "-q") == 0
+    rgb, flow = np.load(out / "rgb" / "A.npy"), np.load(out / "flow" / "A.npy")
+    assert rgb.shape == flow.shape == (1, 1, 1, 1024) and not np.allclose(rgb, flow)
+
+
+def test_split_file_selects_videos(tmp_path, weights_file):
+    pytest.importorskip("charades_dataset", reason="charades_dataset.read_annotations comes from another module")
+    import json
+
+    root = tmp_path / "root"
+    for vid in ("A", "B", "C"):
+        make_charades(root, vid, 9)
+    split = tmp_path / "charades.json"
+    split.write_text(json.dumps({"A": {"subset": "training", "duration": 1.0, "actions": [[0, 0.0, 1.0]]},
+                                 "C": {"subset": "testing", "duration": 1.0, "actions": []}}))
+    out = tmp_path / "out"
+    assert run_cli("-load_model", weights_file, "-root", root, "-split", split, "-save_dir", out,
+                   "--resize", "0", "--crop", "32", "--workers", "0", "-q") == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == ["A.npy", "C.npy"]
