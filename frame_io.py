@@ -89,7 +89,8 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
         return frames
     if h < size or w < size:
         raise FrameError(f"frames of {h}x{w} are smaller than the {size}x{size} crop")
-    top, left = (h - size) // 2, (w - size) // 2
+    # Offsets rounded as the original pytorch-i3d CenterCrop (and torchvision): round half to even.
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
     if frames.ndim >= 3:
         return frames[..., top:top + size, left:left + size, :]
     return frames[top:top + size, left:left + size]

@@ -1,0 +1,135 @@
+"""Render a small synthetic dataset in the Charades layout, for tests and quick experiments.
+
+    python synthetic_charades.py data/synthetic --videos 40 --classes 4 --frames 48 --size 128 [--flow]
+
+Each video is a static textured background with one or two textured squares. An action of
+class k is a square moving in direction 2*pi*k/K (class 0: right, then counter-clockwise)
+between its start and end time; outside its action a square stands still. So the only cue
+to the class is the motion, which is what I3D must learn. Writes:
+- OUT/rgb/VID/VID-000001.jpg ... (24 fps),
+- with --flow, OUT/flow/VID/VID-000001x.jpg / y.jpg: the exact ground-truth motion, encoded as
+  dense_flow.py encodes TV-L1 flow (frame i holds the motion from frame i to i+1),
+- OUT/charades.json (training / testing subsets) and the same as official-style CSVs
+  OUT/Charades_v1_train.csv / Charades_v1_test.csv.
+Deterministic for a given --seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+import frame_io
+from cli import run_main, setup_logging
+
+log = logging.getLogger("synthetic_charades")
+FPS = 24.0
+
+
+def smooth_texture(h: int, w: int, rng: np.random.Generator, blur: float = 2.0) -> np.ndarray:
+    """A random RGB texture with detail at several scales (uint8 (h, w, 3))."""
+    noise = rng.random((h, w, 3)).astype(np.float32)
+    tex = cv2.GaussianBlur(noise, (0, 0), blur) * 0.7 + cv2.GaussianBlur(noise, (0, 0), blur * 4) * 0.3
+    tex = (tex - tex.min()) / max(1e-6, float(tex.max() - tex.min()))
+    return (tex * 255).astype(np.uint8)
+
+
+def render_video(rng: np.random.Generator, num_classes: int, num_frames: int, height: int, width: int,
+                 object_size: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float, float]]]:
+    """(frames uint8 (T, H, W, 3), flow float32 (T, H, W, 2), actions [(class, start_s, end_s)])."""
+    background = smooth_texture(height, width, rng, blur=3.0)
+    frames = np.repeat(background[None], num_frames, axis=0)
+    flow = np.zeros((num_frames, height, width, 2), np.float32)
+    actions = []
+    for _ in range(int(rng.integers(1, 3))):
+        cls = int(rng.integers(num_classes))
+        length = int(rng.integers(max(4, num_frames // 3), num_frames + 1))
+        start = int(rng.integers(0, num_frames - length + 1))
+        angle = 2 * math.pi * cls / num_classes
+        direction = np.array([math.cos(angle), -math.sin(angle)])  # image y points down
+        room = np.array([width - object_size, height - object_size], dtype=np.float64)
+        speed = min(3.0, 0.8 * float(room.min()) / max(1, length))
+        travel = direction * speed * length
+        # A start point from which the whole path stays inside the frame.
+        lo = np.maximum(0, -travel)
+        hi = room - np.maximum(0, travel)
+        p0 = lo + rng.random(2) * np.maximum(0, hi - lo)
+        patch = smooth_texture(object_size, object_size, rng, blur=1.0)
+        for t in range(num_frames):
+            moved = min(max(t - start, 0), length)
+            x, y = np.round(p0 + direction * speed * moved).astype(int)
+            frames[t, y:y + object_size, x:x + object_size] = patch
+            if start <= t < start + length:  # moving from frame t to t + 1
+                nxt = np.round(p0 + direction * speed * (moved + 1)).astype(int)
+                flow[t, y:y + object_size, x:x + object_size] = (nxt[0] - x, nxt[1] - y)
+        actions.append((cls, round(start / FPS, 3), round((start + length) / FPS, 3)))
+    return frames, flow, actions
+
+
+def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frames: int = 48, size: int = 128,
+                  flow: bool = False, test_fraction: float = 0.3, seed: int = 0) -> Path:
+    """Render the dataset into `out`; returns the path of its charades.json."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    height, width = size, int(round(size * 1.25))
+    annotations = {}
+    n_test = max(1, int(round(videos * test_fraction)))
+    for i in tqdm(range(videos), desc="rendering", unit="video"):
+        vid = f"SYN{i:04d}"
+        n = int(rng.integers(max(8, frames * 3 // 4), frames + 1))
+        rgb, motion, actions = render_video(rng, num_classes, n, height, width, object_size=max(8, size // 4))
+        with frame_io.atomic_dir(out / "rgb" / vid) as d:
+            for t, img in enumerate(rgb, start=1):
+                frame_io.write_image(d / f"{vid}-{t:06d}.jpg", img)
+        if flow:
+            from dense_flow import flow_to_uint8
+
+            with frame_io.atomic_dir(out / "flow" / vid) as d:
+                for t, f in enumerate(motion, start=1):
+                    fx, fy = flow_to_uint8(f)
+                    frame_io.write_image(d / f"{vid}-{t:06d}x.jpg", fx)
+                    frame_io.write_image(d / f"{vid}-{t:06d}y.jpg", fy)
+        annotations[vid] = {"subset": "testing" if i < n_test else "training",
+                            "duration": round(n / FPS, 3), "actions": [list(a) for a in actions]}
+    split = out / "charades.json"
+    with frame_io.atomic_write(split) as tmp:
+        tmp.write_text(json.dumps(annotations, indent=1))
+    for subset, name in (("training", "Charades_v1_train.csv"), ("testing", "Charades_v1_test.csv")):
+        with frame_io.atomic_write(out / name) as tmp, tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "subject", "scene", "actions", "length"])
+            for vid, a in annotations.items():
+                if a["subset"] == subset:
+                    acts = ";".join(f"c{c:03d} {s:.2f} {e:.2f}" for c, s, e in a["actions"])
+                    w.writerow([vid, "synthetic", "synthetic", acts, f"{a['duration']:.2f}"])
+    log.info("wrote %d videos (%d testing) of %d classes to %s", videos, n_test, num_classes, out)
+    return split
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--videos", type=int, default=40)
+    p.add_argument("--classes", type=int, default=4, help="motion directions (classes)")
+    p.add_argument("--frames", type=int, default=48, help="longest video, in frames (shortest: 3/4 of it)")
+    p.add_argument("--size", type=int, default=128, help="frame height (width is 1.25x)")
+    p.add_argument("--flow", action="store_true", help="also write ground-truth flow frames")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.videos < 2 or args.classes < 1 or args.frames < 8 or args.size < 32:
+        p.error("need --videos >= 2, --classes >= 1, --frames >= 8, --size >= 32")
+    write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
