@@ -1,0 +1,215 @@
+"""Speed of every path of the toolkit, each against its plain baseline measured in the same run.
+
+    python benchmark.py                                  # every section
+    python benchmark.py --only model --repeat 5 --frames 64 --size 224
+    python benchmark.py --json                           # rows as JSON on stdout
+
+Each row is one path: its median over --repeat timed runs (after one warm-up run) and its
+ratio against the section's baseline row. The paths of a section are timed round-robin
+(A, B, C, A, B, C, ...) so that load from other processes hits them all alike. Threads are
+PyTorch's default (torch.get_num_threads()).
+
+Sections: `model` (here: the plain eager InceptionI3d against for_inference() in each
+precision), and `loading`, `train`, `extract`, `flow`, each provided by its own module
+(charades_dataset.benchmark_loading, train_i3d.benchmark_train_step,
+extract_features.benchmark_extraction, dense_flow.benchmark_flow) as a function
+f(args) -> list of row dicts {"section", "row", "unit", "value", "baseline_row",
+"baseline_value"} (optionally "note"). A section whose module is missing is reported and skipped.
+
+Speed does not depend on the weights, so the model section uses random-init weights; when
+models/rgb_scratch.pt exists it is loaded instead, and the cosine / top-1 columns then compare
+real predictions of the fast paths with the plain model.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cli import UserError, run_main, select_device, setup_logging
+from pytorch_i3d import InceptionI3d, resolve_precision
+
+log = logging.getLogger("benchmark")
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+REAL_WEIGHTS = MODELS_DIR / "rgb_scratch.pt"
+
+# section -> (module, function) of the sections other modules provide
+EXTERNAL_SECTIONS = {
+    "loading": ("charades_dataset", "benchmark_loading"),
+    "train": ("train_i3d", "benchmark_train_step"),
+    "extract": ("extract_features", "benchmark_extraction"),
+    "flow": ("dense_flow", "benchmark_flow"),
+}
+SECTIONS = ("model", *EXTERNAL_SECTIONS)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(paths: dict[str, Callable[[], object]], repeat: int,
+                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """Median seconds per call of each path: one warm-up call each, then `repeat` rounds in
+    which every path runs once, so that a burst of outside load slows all paths alike."""
+    for fn in paths.values():
+        fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeat):
+        for name, fn in paths.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def ratio(row: dict) -> float:
+    """How many times better than the baseline: lower is better for times, higher for rates."""
+    if row["unit"].endswith("/s"):
+        return row["value"] / row["baseline_value"]
+    return row["baseline_value"] / row["value"]
+
+
+def _model_and_input(args: argparse.Namespace, device: torch.device) -> tuple[InceptionI3d, torch.Tensor, str]:
+    if REAL_WEIGHTS.is_file() and not getattr(args, "random_weights", False):
+        from weights import load_model
+        model, source = load_model(REAL_WEIGHTS, mode="rgb"), REAL_WEIGHTS.name
+    else:
+        torch.manual_seed(0)
+        model, source = InceptionI3d(num_classes=400, in_channels=3), "random init"
+    gen = torch.Generator().manual_seed(0)
+    clip = torch.rand((1, 3, args.frames, args.size, args.size), generator=gen) * 2 - 1  # model range
+    return model.to(device).eval(), clip.to(device), source
+
+
+def benchmark_model(args: argparse.Namespace) -> list[dict]:
+    """Plain eager InceptionI3d (fp32) against for_inference() in fp32, bf16 (and fp16 on CUDA),
+    for forward (per-time logits) and extract_features; seconds per (1, 3, T, S, S) clip."""
+    device = select_device(args.device)
+    model, clip, source = _model_and_input(args, device)
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    fast = {p: model.for_inference(p, device=device) for p in precisions}
+    log.info("model: clip %s on %s, %d threads, weights: %s, auto precision = %s", tuple(clip.shape), device,
+             torch.get_num_threads(), source, resolve_precision("auto", device))
+
+    def eager(method: str) -> Callable[[], torch.Tensor]:
+        def run():
+            with torch.inference_mode():
+                return getattr(model, method)(clip)
+        return run
+
+    rows = []
+    for method in ("forward", "extract_features"):
+        paths = {f"{method} eager fp32": eager(method)}
+        paths.update({f"{method} for_inference {p}": (lambda f=fast[p], m=method: getattr(f, m)(clip))
+                      for p in precisions})
+        medians = time_round_robin(paths, args.repeat, device)
+        with torch.inference_mode():
+            ref = getattr(model, method)(clip).float()
+        baseline = f"{method} eager fp32"
+        for name, seconds in medians.items():
+            note = f"{args.frames / seconds:.1f} frames/s"
+            if name != baseline:
+                out = getattr(fast[name.rsplit(' ', 1)[1]], method)(clip).float()
+                cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
+                note += f", cosine {cos:.6f}"
+                if method == "forward":
+                    same = torch.equal(out.mean(2).argmax(1), ref.mean(2).argmax(1))
+                    note += f", top-1 {'same' if same else 'DIFFERS'}"
+            rows.append({"section": "model", "row": name, "unit": "s", "value": seconds,
+                         "baseline_row": baseline, "baseline_value": medians[baseline], "note": note})
+    return rows
+
+
+def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:
+    """(rows, None) or ([], why the section did not run)."""
+    if name == "model":
+        return benchmark_model(args), None
+    module_name, func_name = EXTERNAL_SECTIONS[name]
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        return [], f"skipped: {module_name}.{func_name} not available ({e.__class__.__name__})"
+    return func(args), None
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("section", "path", "median", "unit", "vs baseline", "notes")
+    lines = [[r["section"], r["row"], f"{r['value']:.4g}", r["unit"],
+              "baseline" if r["row"] == r["baseline_row"] else f"{ratio(r):.2f}x", r.get("note", "")]
+             for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    out = [fmt.format(*header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-only", "--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    p.add_argument("-repeat", "--repeat", type=int, default=5, help="timed runs per path (median taken)")
+    p.add_argument("-frames", "--frames", type=int, default=64, help="clip length in frames")
+    p.add_argument("-size", "--size", type=int, default=224, help="clip height and width")
+    p.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--random-weights", action="store_true",
+                   help=f"random-init weights even when {REAL_WEIGHTS.relative_to(MODELS_DIR.parent)} exists")
+    p.add_argument("-json", "--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown or not args.sections:
+        raise UserError(f"--only: unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(SECTIONS)}")
+    if args.repeat < 1 or args.frames < 1 or args.size < 1:
+        raise UserError("--repeat, --frames and --size must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    rows: list[dict] = []
+    skipped: list[str] = []
+    failed: list[str] = []
+    for section in args.sections:
+        log.info("section %s ...", section)
+        try:
+            section_rows, why = run_section(section, args)
+        except Exception as e:  # one broken section must not hide the others' results
+            log.error("section %s failed: %s: %s", section, e.__class__.__name__, e)
+            failed.append(section)
+            continue
+        if why:
+            log.warning("section %s %s", section, why)
+            skipped.append(section)
+        rows += section_rows
+    if args.json:
+        print(json.dumps({"rows": rows, "skipped": skipped, "failed": failed, "threads": torch.get_num_threads()},
+                         indent=2))
+    else:
+        print(format_table(rows))
+        if skipped:
+            print(f"\nnot measured (module missing): {', '.join(skipped)}")
+    if failed:
+        print(f"benchmark: error: section(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
