@@ -145,6 +145,18 @@ def final_avg_pool(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool3d(x, kernel, stride=1)
 
 
+def squeeze_logits(x: torch.Tensor, spatial_squeeze: bool) -> torch.Tensor:
+    """(B, C, T', h, w) -> (B, C, T') with spatial_squeeze: the mean over space equals the
+    original squeeze at 224x224 (1x1 maps) and lets any larger input give per-time logits."""
+    return x.mean(dim=(3, 4)) if spatial_squeeze else x
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The Predictions endpoint: softmax over classes of the logits averaged over time (and
+    space, when not squeezed): (B, C)."""
+    return F.softmax(logits.flatten(2).mean(dim=2), dim=1)
+
+
 class InceptionI3d(nn.Module):
     """Inception-v1 I3D, as in DeepMind's kinetics-i3d and the pytorch-i3d port.
 
@@ -213,24 +225,15 @@ class InceptionI3d(nn.Module):
                 end_points[end_point] = x
         return x
 
-    def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = self.logits(self.dropout(pooled))
-        if self._spatial_squeeze:
-            # Mean over space equals the original squeeze at 224x224 (1x1 maps) and lets any
-            # larger input give (B, classes, T').
-            x = x.mean(dim=(3, 4))
-        return x
-
     def forward(self, x: torch.Tensor, return_endpoints: bool = False):
         end_points: OrderedDict | None = OrderedDict() if return_endpoints else None
         out = self._features(x, end_points)
         if self._has_logits:
-            out = self._logits(final_avg_pool(out))
+            out = squeeze_logits(self.logits(self.dropout(final_avg_pool(out))), self._spatial_squeeze)
             if end_points is not None:
                 end_points["Logits"] = out
             if self._final_endpoint == "Predictions":
-                logits = out.mean(dim=2) if self._spatial_squeeze else out.mean(dim=(2, 3, 4))
-                out = F.softmax(logits, dim=1)
+                out = predictions(out)
                 if end_points is not None:
                     end_points["Predictions"] = out
         if return_endpoints:
@@ -464,10 +467,7 @@ class FastInceptionI3d(nn.Module):
         out = self._run_features(x)
         if not self._has_logits:
             return out.float().contiguous()
-        out = self.logits(final_avg_pool(out.float()))
-        if self._spatial_squeeze:
-            out = out.mean(dim=(3, 4))
+        out = squeeze_logits(self.logits(final_avg_pool(out.float())), self._spatial_squeeze)
         if self._final_endpoint == "Predictions":
-            logits = out.mean(dim=2) if self._spatial_squeeze else out.mean(dim=(2, 3, 4))
-            return F.softmax(logits, dim=1)
+            return predictions(out)
         return out.contiguous()

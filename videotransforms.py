@@ -31,43 +31,42 @@ def _rng(rng: np.random.Generator | None) -> np.random.Generator:
     return rng if rng is not None else np.random.default_rng()
 
 
-class RandomCrop:
+class _Crop:
+    """A crop of (h, w) pixels, the same for every frame; subclasses choose where."""
+
+    def __init__(self, size: int | Sequence[int]):
+        self.size = _size(size)
+
+    def _offsets(self, h: int, w: int, rng: np.random.Generator | None) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def __call__(self, clip, rng: np.random.Generator | None = None):
+        ha, wa = _spatial_axes(clip)
+        h, w = clip.shape[ha], clip.shape[wa]
+        th, tw = self.size
+        if h < th or w < tw:
+            raise ValueError(f"clip of {h}x{w} is smaller than the {th}x{tw} crop")
+        return _crop(clip, *self._offsets(h, w, rng), th, tw)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+class RandomCrop(_Crop):
     """A random (h, w) crop, the same for every frame of the clip."""
 
-    def __init__(self, size: int | Sequence[int]):
-        self.size = _size(size)
-
-    def __call__(self, clip, rng: np.random.Generator | None = None):
-        ha, wa = _spatial_axes(clip)
-        h, w = clip.shape[ha], clip.shape[wa]
-        th, tw = self.size
-        if h < th or w < tw:
-            raise ValueError(f"clip of {h}x{w} is smaller than the {th}x{tw} crop")
+    def _offsets(self, h: int, w: int, rng: np.random.Generator | None) -> tuple[int, int]:
         rng = _rng(rng)
-        top = int(rng.integers(0, h - th + 1))
-        left = int(rng.integers(0, w - tw + 1))
-        return _crop(clip, top, left, th, tw)
-
-    def __repr__(self) -> str:
-        return f"RandomCrop(size={self.size})"
+        th, tw = self.size
+        return int(rng.integers(0, h - th + 1)), int(rng.integers(0, w - tw + 1))
 
 
-class CenterCrop:
+class CenterCrop(_Crop):
     """The central (h, w) crop; offsets rounded as the original (round half to even)."""
 
-    def __init__(self, size: int | Sequence[int]):
-        self.size = _size(size)
-
-    def __call__(self, clip, rng: np.random.Generator | None = None):
-        ha, wa = _spatial_axes(clip)
-        h, w = clip.shape[ha], clip.shape[wa]
+    def _offsets(self, h: int, w: int, rng: np.random.Generator | None) -> tuple[int, int]:
         th, tw = self.size
-        if h < th or w < tw:
-            raise ValueError(f"clip of {h}x{w} is smaller than the {th}x{tw} crop")
-        return _crop(clip, int(round((h - th) / 2)), int(round((w - tw) / 2)), th, tw)
-
-    def __repr__(self) -> str:
-        return f"CenterCrop(size={self.size})"
+        return int(round((h - th) / 2)), int(round((w - tw) / 2))
 
 
 class RandomHorizontalFlip:
