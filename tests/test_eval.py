@@ -1,0 +1,273 @@
+"""eval_i3d.py: average precision against scikit-learn, per-frame probabilities against the
+plain whole-video forward pass, classification / localization mAP on a small synthetic
+Charades dataset (one and two streams), the command line and its bad-input errors."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+import eval_i3d
+import synthetic_charades
+from charades_dataset import VideoAnnotation, read_annotations
+from charades_dataset_full import VideoSource, open_video
+from extract_features import calibrated_random_i3d
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES, CROP = 3, 48
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The inputs are tiny: one thread is as fast, and does not fight other processes for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    """6 videos (3 testing) of 18..24 frames at 48x60, 3 motion classes, RGB and flow."""
+    out = tmp_path_factory.mktemp("syn")
+    synthetic_charades.write_dataset(out, videos=6, num_classes=CLASSES, frames=24, size=48, flow=True,
+                                     test_fraction=0.5, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rgb_model() -> torch.nn.Module:
+    return calibrated_random_i3d(seed=0, num_classes=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def flow_model() -> torch.nn.Module:
+    return calibrated_random_i3d(seed=1, num_classes=CLASSES, in_channels=2)
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory, rgb_model, flow_model) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("weights")
+    paths = {"rgb": d / "rgb.pt", "flow": d / "flow.pt"}
+    torch.save(rgb_model.state_dict(), paths["rgb"])
+    torch.save(flow_model.state_dict(), paths["flow"])
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Average precision
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("decimals", [None, 1])  # continuous scores, and scores with many ties
+def test_average_precision_matches_sklearn(decimals):
+    rng = np.random.default_rng(0)
+    n, c = 60, 8
+    labels = (rng.random((n, c)) < 0.3).astype(int)
+    labels[:, 5] = 0  # a class without positives: skipped by the mAP
+    labels[:, 6] = 1  # a class where every item is positive
+    scores = rng.random((n, c)) + 0.4 * labels
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    aps = eval_i3d.average_precisions(scores, labels)
+    for k in range(c):
+        if labels[:, k].any():
+            assert aps[k] == pytest.approx(average_precision_score(labels[:, k], scores[:, k]), abs=1e-12)
+        else:
+            assert np.isnan(aps[k])
+    expected = np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in range(c) if labels[:, k].any()])
+    assert eval_i3d.mean_average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
+    # Ties are counted together: the order of the items does not matter.
+    perm = rng.permutation(n)
+    assert eval_i3d.mean_average_precision(scores[perm], labels[perm]) == pytest.approx(
+        eval_i3d.mean_average_precision(scores, labels), abs=1e-12)
+
+
+def test_average_precision_values():
+    assert eval_i3d.average_precision([0.9, 0.8, 0.1, 0.0], [1, 1, 0, 0]) == 1.0
+    # Positives at ranks 2 and 4: (1/2 + 2/4) / 2; the official per-positive loop without ties.
+    assert eval_i3d.average_precision([0.9, 0.8, 0.7, 0.6], [0, 1, 0, 1]) == pytest.approx(0.5)
+    # One tie block of all items: precision 2/4 at the only threshold.
+    assert eval_i3d.average_precision([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == pytest.approx(0.5)
+    assert np.isnan(eval_i3d.average_precision([0.3, 0.2], [0, 0]))
+    assert np.isnan(eval_i3d.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 2))))
+    assert np.isnan(eval_i3d.mean_average_precision(np.array([[np.nan], [0.5]]), np.array([[1], [0]])))
+    with pytest.raises(ValueError):
+        eval_i3d.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_localize_points_follow_the_official_rule():
+    ann = VideoAnnotation("testing", 10.0, [(1, 0.0, 2.0), (2, 4.0, 4.4), (1, 9.5, 10.0)])
+    frames, labels = eval_i3d.localize_points(ann, num_frames=240, num_classes=3)
+    t = np.arange(25) * 0.4  # t_j = j / 25 * duration
+    assert frames.tolist() == np.round(t * 24).astype(int).tolist()  # 24 fps
+    assert labels[:, 0].sum() == 0
+    assert labels[:, 1].tolist() == [int(x <= 2.0 or x >= 9.5) for x in t]  # inclusive ends
+    assert np.flatnonzero(labels[:, 2]).tolist() == [10, 11]  # t = 4.0 and 4.4
+    assert eval_i3d.video_labels(ann, 3).tolist() == [0, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-frame probabilities and evaluation
+# ----------------------------------------------------------------------------------------------
+
+def _frames(root: Path, vid: str, mode: str) -> np.ndarray:
+    src = VideoSource(key=vid, layout="charades", path=str(root), vid=vid)
+    return np.stack(list(open_video(src, mode, None, CROP)[2]))
+
+
+def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
+    root = syn / "rgb"
+    frames = _frames(root, "SYN0000", "rgb")
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 255 * 2 - 1
+    rgb_model.eval()
+    with torch.no_grad():
+        logits = rgb_model(x)[0]  # (C, T')
+    expected = torch.sigmoid(torch.nn.functional.interpolate(logits[None], size=len(frames), mode="linear",
+                                                             align_corners=False))[0].numpy()
+    got = eval_i3d.video_frame_probs(rgb_model, root, "SYN0000", len(frames), "rgb", None, CROP, "cpu")
+    assert got.shape == (CLASSES, len(frames)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.ptp(got) > 1e-3  # not a constant: the check above has teeth
+
+
+def test_evaluate_one_stream(syn, rgb_model):
+    split = syn / "charades.json"
+    rgb_model.train()  # as the training loop hands it over
+    before = {k: v.clone() for k, v in rgb_model.state_dict().items()}
+    r = eval_i3d.evaluate(rgb_model, split, syn / "rgb", "rgb", crop=CROP, details=True, progress=False)
+    assert rgb_model.training  # left in train mode, and unchanged
+    assert all(torch.equal(before[k], v) for k, v in rgb_model.state_dict().items())
+    ann = read_annotations(split)
+    test_vids = sorted(v for v, a in ann.items() if a.subset == "testing")
+    assert r["vids"] == test_vids and r["videos"] == 3 and r["failed"] == [] and r["num_classes"] == CLASSES
+    assert r["video_scores"].shape == (3, CLASSES) and r["frame_scores"].shape == (3 * 25, CLASSES)
+    # The scores are the max over frames / the 25 sampled frames of video_frame_probs.
+    for i, vid in enumerate(test_vids):
+        n = len(_frames(syn / "rgb", vid, "rgb"))
+        probs = eval_i3d.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu")
+        np.testing.assert_allclose(r["video_scores"][i], probs.max(axis=1), atol=1e-6)
+        frames, labels = eval_i3d.localize_points(ann[vid], n, CLASSES)
+        np.testing.assert_allclose(r["frame_scores"][25 * i:25 * (i + 1)], probs[:, frames].T, atol=1e-6)
+        np.testing.assert_array_equal(r["frame_labels"][25 * i:25 * (i + 1)], labels)
+        assert r["video_labels"][i].tolist() == [int(any(c == k for c, _, _ in ann[vid].actions))
+                                                 for k in range(CLASSES)]
+    assert r["classification_map"] == pytest.approx(
+        eval_i3d.mean_average_precision(r["video_scores"], r["video_labels"]))
+    assert r["localization_map"] == pytest.approx(
+        eval_i3d.mean_average_precision(r["frame_scores"], r["frame_labels"]))
+    assert 0 < r["classification_chance"] <= 1 and 0 < r["localization_chance"] <= 1
+
+
+def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
+    """Per-frame probabilities that are the ground truth: classification mAP 1; localization
+    near 1 (a time point is scored at the nearest frame, up to half a frame away from it)."""
+    ann = read_annotations(syn / "charades.json")
+
+    def oracle(model, root, vid, num_frames, mode, resize, crop, device, return_logits=False, pool=None):
+        t = np.arange(num_frames) * ann[vid].duration / num_frames
+        out = np.zeros((CLASSES, num_frames), np.float32)
+        for c, s, e in ann[vid].actions:
+            out[c, (s <= t) & (t <= e)] = 1.0
+        return out
+
+    monkeypatch.setattr(eval_i3d, "video_frame_probs", oracle)
+    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, progress=False)
+    assert r["classification_map"] == 1.0
+    assert 0.95 <= r["localization_map"] <= 1.0
+
+
+@pytest.mark.parametrize("fusion", ["prob", "logit"])
+def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
+    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
+                          flow_root=syn / "flow", fusion=fusion, crop=CROP, details=True, progress=False)
+    assert r["videos"] == 3 and r["failed"] == []
+    vid = r["vids"][0]
+    n = len(_frames(syn / "rgb", vid, "rgb"))
+    lr = eval_i3d.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True)
+    lf = eval_i3d.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    fused = (sig(lr) + sig(lf)) / 2 if fusion == "prob" else sig((lr + lf) / 2)
+    np.testing.assert_allclose(r["video_scores"][0], fused.max(axis=1), atol=1e-6)
+    one = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, details=True, progress=False)
+    assert not np.allclose(one["video_scores"], r["video_scores"])  # the flow stream counts
+
+
+def test_evaluate_refuses_wrong_stream_and_classes(syn, rgb_model, flow_model):
+    with pytest.raises(eval_i3d.UserError, match="channel"):
+        eval_i3d.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
+    with pytest.raises(eval_i3d.UserError, match="class 2"):
+        eval_i3d.evaluate(calibrated_random_i3d(num_classes=2), syn / "charades.json", syn / "rgb",
+                          crop=CROP, progress=False)
+
+
+def test_unreadable_video_is_skipped_and_reported(syn, rgb_model, weight_files, tmp_path):
+    root = tmp_path / "rgb"
+    shutil.copytree(syn / "rgb", root)
+    (root / "SYN0001" / "SYN0001-000003.jpg").write_bytes(b"not a jpeg")
+    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", root, crop=CROP, progress=False)
+    assert r["videos"] == 2 and [v for v, _ in r["failed"]] == ["SYN0001"]
+    assert "SYN0001-000003.jpg" in r["failed"][0][1]
+    p = _cli("-mode", "rgb", "-root", root, "--split", syn / "charades.json", "-load_model", weight_files["rgb"],
+             "--crop", CROP, "--json", "-q")
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["failed"][0][0] == "SYN0001"
+    assert "SYN0001" in p.stderr and "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "eval_i3d.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_files, tmp_path, capsys):
+    p = _cli("-mode", "rgb", "-root", syn / "rgb", "-split", syn / "Charades_v1_test.csv", "-load_model",
+             weight_files["rgb"], "--flow-model", weight_files["flow"], "--flow-root", syn / "flow",
+             "--crop", CROP, "--json", "-q")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    expected = eval_i3d.evaluate(rgb_model, syn / "Charades_v1_test.csv", syn / "rgb", flow_model=flow_model,
+                                 flow_root=syn / "flow", crop=CROP, progress=False)
+    assert out["videos"] == 3
+    for key in ("classification_map", "localization_map"):
+        assert out[key] == pytest.approx(expected[key], abs=1e-6)
+    # In-process: the plain summary line, and the official submission files.
+    prefix = tmp_path / "sub"
+    code = eval_i3d.main(["-mode", "rgb", "-root", str(syn / "rgb"), "--split", str(syn / "charades.json"),
+                          "-load_model", str(weight_files["rgb"]), "--crop", str(CROP), "--submission",
+                          str(prefix), "-q"])
+    assert code == 0
+    assert "classification mAP" in capsys.readouterr().out
+    cls_lines = Path(f"{prefix}_classify.txt").read_text().splitlines()
+    loc_lines = Path(f"{prefix}_localize.txt").read_text().splitlines()
+    assert len(cls_lines) == 3 and len(cls_lines[0].split()) == 1 + CLASSES
+    assert len(loc_lines) == 3 * 25 and loc_lines[1].split()[:2] == ["SYN0000", "1"]
+
+
+@pytest.mark.parametrize("case", ["invalid split", "root without videos", "flow weights for rgb"])
+def test_cli_bad_input_is_one_line(case, syn, weight_files, tmp_path):
+    split, root, weights_file = syn / "charades.json", syn / "rgb", weight_files["rgb"]
+    if case == "invalid split":
+        split = tmp_path / "bad.json"
+        split.write_text("{not json")
+    elif case == "root without videos":
+        root = tmp_path / "empty"
+        root.mkdir()
+    else:
+        weights_file = weight_files["flow"]
+    p = _cli("-mode", "rgb", "-root", root, "-split", split, "-load_model", weights_file, "--crop", CROP, "-q")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in p.stderr, p.stderr
+    expected = {"invalid split": "bad.json", "root without videos": "none of", "flow weights for rgb": "flow weights"}
+    assert expected[case] in lines[0]
