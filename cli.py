@@ -20,7 +20,10 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu; otherwise the named device (checked)."""
+    """'auto' -> cuda if available, else cpu; a bare number N (the original -gpu N) -> cuda:N;
+    otherwise the named device (checked)."""
+    if name.isdigit():
+        name = f"cuda:{name}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

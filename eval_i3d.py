@@ -444,8 +444,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--flow-model and --flow-root go together")
     if args.flow_model is not None and args.mode != "rgb":
         p.error("two-stream evaluation: -load_model is the RGB model (-mode rgb), --flow-model the flow one")
-    if args.device.isdigit():
-        args.device = f"cuda:{args.device}"
     return args
 
 

@@ -602,8 +602,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--ten-crop needs a --crop size")
     if args.chunk_frames < 8:
         p.error("--chunk-frames must be at least 8")
-    if args.device.isdigit():
-        args.device = f"cuda:{args.device}"
     return args
 
 
