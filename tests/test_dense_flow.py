@@ -34,10 +34,15 @@ def test_batched_equals_one_at_a_time():
     pairs = [D.synthetic_pair(64, 80, k, seed=s) for s, k in enumerate(["translation", "rotation", "patch"])]
     i0 = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None]
     i1 = torch.from_numpy(np.stack([p[1] for p in pairs])).float()[:, None]
-    batched = D.tvl1_torch(i0, i1)
+    batched = D.tvl1_torch(i0, i1)  # on CPU: pair by pair
     single = torch.cat([D.tvl1_torch(i0[k:k + 1], i1[k:k + 1]) for k in range(3)])
     assert batched.shape == (3, 2, 64, 80)
     assert torch.allclose(batched, single, atol=1e-4)
+    # the whole-batch path (CUDA's): stopped pairs dropped from the batch (host looks every
+    # iteration) or frozen by a device mask between looks, both give each pair's own result
+    for sync_every in (1, 7):
+        whole = D.tvl1_torch(i0, i1, per_pair=False, sync_every=sync_every)
+        assert torch.allclose(whole, single, atol=1e-4)
 
 
 def test_compute_flow_chunks_and_other_methods():
@@ -132,7 +137,9 @@ def test_cli_video_and_folder_exact_layout(tmp_path, tiny_video):
 def test_cli_resume_skips_finished_and_redoes_unfinished(tmp_path, tiny_video):
     out = tmp_path / "out"
     args = [str(tiny_video), "-o", str(out), "--resize", "0", "--no-compile"]
+    threads = torch.get_num_threads()
     assert D.main(args) == 0
+    assert torch.get_num_threads() == threads  # the CLI's 1-thread TV-L1 does not leak into the caller
     done = out / "clip one" / "clip one-000001x.jpg"
     stamp = done.stat().st_mtime_ns
     assert D.main(args) == 0
