@@ -47,7 +47,7 @@ EXTERNAL_SECTIONS = {
     "loading": ("charades_dataset", "benchmark_loading"),
     "train": ("train_i3d", "benchmark_train_step"),
     "extract": ("extract_features", "benchmark_extraction"),
-    "flow": ("dense_flow", "benchmark_flow"),
+    "flow": ("benchmark", "benchmark_dense_flow"),
 }
 SECTIONS = ("model", *EXTERNAL_SECTIONS)
 
@@ -131,6 +131,23 @@ def benchmark_model(args: argparse.Namespace) -> list[dict]:
             rows.append({"section": "model", "row": name, "unit": "s", "value": seconds,
                          "baseline_row": baseline, "baseline_value": medians[baseline], "note": note})
     return rows
+
+
+def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
+    """Frame pairs/s at 340x256: our TV-L1 (one thread, as each dense_flow.py worker runs it)
+    against OpenCV's TV-L1 with its default threads, on the same pairs in the same run
+    (dense_flow.benchmark_flow: real frames of the sample video when present)."""
+    import dense_flow
+
+    r = dense_flow.benchmark_flow(size=(340, 256), pairs=8, device=args.device, repeat=max(1, min(args.repeat, 3)))
+    base = f"OpenCV TV-L1 ({r['opencv_threads']} threads)"
+    note = (f"{r['source']}, mean |ours - OpenCV| {r['mean_diff_to_opencv']:.4f} px"
+            + (f", EPE ours {r['tvl1_epe']:.4f} / OpenCV {r['opencv_tvl1_epe']:.4f}" if r["tvl1_epe"] is not None else ""))
+    ours = f"ours TV-L1 ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, {'compiled' if r['compiled'] else 'eager'}, {r['device']})"
+    return [{"section": "flow", "row": name, "unit": "pairs/s", "value": value, "baseline_row": base,
+             "baseline_value": r["opencv_tvl1_pairs_per_s"], "note": n}
+            for name, value, n in ((base, r["opencv_tvl1_pairs_per_s"], r["source"]),
+                                   (ours, r["tvl1_pairs_per_s"], note))]
 
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:

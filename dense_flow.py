@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Benchmark (benchmark.py's flow rows)
 # ---------------------------------------------------------------------------------------------
 
-SAMPLE_VIDEO = Path(__file__).resolve().parent / ".cache" / "samples" / "bikes.mp4"
+SAMPLE_VIDEO = Path(__file__).resolve().parent / "data" / "samples" / "bikes.mp4"  # make samples
 
 
 def benchmark_pairs(size: tuple[int, int] = (340, 256), pairs: int = 8,

@@ -16,7 +16,7 @@ CACHE = ROOT / ".cache"
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     import samples
-    return samples.fetch_sample_videos(CACHE / "samples")
+    return samples.fetch_sample_videos(ROOT / "data" / "samples")
 
 
 @pytest.fixture(scope="session")
