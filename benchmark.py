@@ -135,19 +135,27 @@ def benchmark_model(args: argparse.Namespace) -> list[dict]:
 
 def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
     """Frame pairs/s at 340x256: our TV-L1 (one thread, as each dense_flow.py worker runs it)
-    against OpenCV's TV-L1 with its default threads, on the same pairs in the same run
-    (dense_flow.benchmark_flow: real frames of the sample video when present)."""
+    against OpenCV's TV-L1 with its default threads, on the same pairs in the same run: real
+    consecutive frames of the sample video (when present; `make samples`), then synthetic pairs
+    with known flow, whose end-point errors are reported too (dense_flow.benchmark_flow)."""
     import dense_flow
 
-    r = dense_flow.benchmark_flow(size=(340, 256), pairs=8, device=args.device, repeat=max(1, min(args.repeat, 3)))
-    base = f"OpenCV TV-L1 ({r['opencv_threads']} threads)"
-    note = (f"{r['source']}, mean |ours - OpenCV| {r['mean_diff_to_opencv']:.4f} px"
-            + (f", EPE ours {r['tvl1_epe']:.4f} / OpenCV {r['opencv_tvl1_epe']:.4f}" if r["tvl1_epe"] is not None else ""))
-    ours = f"ours TV-L1 ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, {'compiled' if r['compiled'] else 'eager'}, {r['device']})"
-    return [{"section": "flow", "row": name, "unit": "pairs/s", "value": value, "baseline_row": base,
-             "baseline_value": r["opencv_tvl1_pairs_per_s"], "note": n}
-            for name, value, n in ((base, r["opencv_tvl1_pairs_per_s"], r["source"]),
-                                   (ours, r["tvl1_pairs_per_s"], note))]
+    rows = []
+    for video in (dense_flow.SAMPLE_VIDEO, None):
+        if video is not None and not video.is_file():
+            continue
+        r = dense_flow.benchmark_flow(size=(340, 256), pairs=8, device=args.device, video=video,
+                                      repeat=max(1, min(args.repeat, 3)))
+        base = f"OpenCV TV-L1 ({r['opencv_threads']} threads), {r['source'].split(':')[0]}"
+        ours = (f"ours TV-L1 ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
+                f"{'compiled' if r['compiled'] else 'eager'}, {r['device']}), {r['source'].split(':')[0]}")
+        note = f"mean |ours - OpenCV| {r['mean_diff_to_opencv']:.4f} px"
+        if r["tvl1_epe"] is not None:
+            note += f", end-point error ours {r['tvl1_epe']:.4f} px, OpenCV {r['opencv_tvl1_epe']:.4f} px"
+        for name, value, n in ((base, r["opencv_tvl1_pairs_per_s"], r["source"]), (ours, r["tvl1_pairs_per_s"], note)):
+            rows.append({"section": "flow", "row": name, "unit": "pairs/s", "value": value, "baseline_row": base,
+                         "baseline_value": r["opencv_tvl1_pairs_per_s"], "note": n})
+    return rows
 
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:
