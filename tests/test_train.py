@@ -1,0 +1,268 @@
+"""train_i3d.py: data order, loss, exact resume after SIGKILL, torchrun with 2 processes,
+bad inputs, benchmark rows, and that fine-tuning the real Kinetics weights learns."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval_i3d
+import synthetic_charades
+import train_i3d
+import weights
+from pytorch_i3d import InceptionI3d
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny synthetic Charades (rgb and flow) for the fast training runs."""
+    out = tmp_path_factory.mktemp("train_syn")
+    split = synthetic_charades.write_dataset(out, videos=8, num_classes=4, frames=16, size=48, flow=True, seed=5)
+    return out, split
+
+
+def tiny_args(tiny, save_model, *extra):
+    out, split = tiny
+    return ["-mode", "rgb", "-root", str(out / "rgb"), "--split", str(split), "-save_model", str(save_model),
+            "--init", "none", "--num-classes", "4", "--batch-size", "2", "--accum", "2", "--clip-frames", "8",
+            "--crop", "32", "--resize", "40", "--lr", "0.05", "--milestones", "3", "--seed", "3", *extra]
+
+
+def run_script(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two cores shared: leave room
+    return subprocess.run([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def test_sampler_order_is_a_function_of_seed_and_epoch():
+    s = train_i3d.EpochSampler(10, seed=1)
+    s.set_epoch(0)
+    a = list(s)
+    s.set_epoch(1)
+    b = list(s)
+    assert sorted(a) == list(range(10)) and a != b
+    s.set_epoch(0, skip=4)
+    assert list(s) == a[4:] and len(s) == 6
+    # two ranks: equal shares (padded by wrapping), together covering every item
+    r0, r1 = (train_i3d.EpochSampler(9, seed=1, rank=r, world_size=2) for r in (0, 1))
+    assert len(r0) == len(r1) == 5
+    assert set(r0) | set(r1) == set(range(9))
+    assert train_i3d.dropout_seed(0, 1, 2, 0) == train_i3d.dropout_seed(0, 1, 2, 0) != train_i3d.dropout_seed(0, 1, 3, 0)
+
+
+def test_losses_are_the_original_recipe():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=gen)
+    labels = (torch.rand(2, 5, 16, generator=gen) < 0.3).float()
+    loc, cls = train_i3d.charades_losses(logits, labels)
+    up = F.interpolate(logits, 16, mode="linear", align_corners=False)
+    # BCE by hand
+    bce = lambda x, y: (-(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x)))).mean()
+    assert torch.allclose(loc, bce(up, labels), atol=1e-6)
+    assert torch.allclose(cls, bce(up.max(2)[0], labels.max(2)[0]), atol=1e-6)
+    # the same upsampling as the evaluation
+    assert train_i3d.upsample_logits is eval_i3d.upsample_logits
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny, tmp_path_factory):
+    """An uninterrupted run: 6 optimizer steps of 2 batches each (2 epochs of 3 batches... and a bit)."""
+    d = tmp_path_factory.mktemp("full")
+    r = run_script(tiny_args(tiny, d / "m_", "--max-steps", "6", "--save-every", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def test_uninterrupted_run_writes_checkpoints_and_log(full_run):
+    d = full_run
+    for step in (2, 4, 6):
+        assert (d / f"m_{step:06d}.pt").is_file()
+    model = weights.load_model(d / "m_000006.pt", mode="rgb")  # the original key names
+    assert model.num_classes == 4
+    rows = read_csv(d / "m_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.05] * 3 + [0.005] * 3)  # MultiStepLR at 3
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    state = torch.load(d / "m_last.ckpt", weights_only=True)
+    assert state["step"] == 6 and state["accum_pos"] == 0
+    # 8 videos, 30% testing: 6 training clips, 3 batches of 2 per epoch, 2 batches per step
+    assert state["epoch"] * 3 + state["batches"] == 12
+
+
+def test_resume_after_sigkill_gives_identical_weights(tiny, full_run, tmp_path):
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    ckpt = tmp_path / "m_last.ckpt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert killed_at < 6 and not (tmp_path / "m_000006.pt").exists()
+    r = run_script([*args, "--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(full_run / "m_000006.pt", weights_only=True)
+    b = torch.load(tmp_path / "m_000006.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [int(r["step"]) for r in read_csv(tmp_path / "m_log.csv")] == [1, 2, 3, 4, 5, 6]  # no duplicates
+    # rerunning a finished run recomputes nothing
+    before = (tmp_path / "m_000006.pt").stat().st_mtime_ns
+    r = run_script([*args, "--resume"])
+    assert r.returncode == 0 and "nothing to do" in r.stderr
+    assert (tmp_path / "m_000006.pt").stat().st_mtime_ns == before
+
+
+def test_sigterm_stops_after_a_step_with_a_checkpoint(tiny, full_run, tmp_path):
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "100")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    log_csv = tmp_path / "m_log.csv"
+    deadline = time.time() + 240
+    while not log_csv.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=240) == 0
+    state = torch.load(tmp_path / "m_last.ckpt", weights_only=True)
+    assert 1 <= state["step"] < 6 and (tmp_path / f"m_{state['step']:06d}.pt").is_file()
+    assert r_ok(run_script([*args, "--resume"]))
+    a = torch.load(full_run / "m_000006.pt", weights_only=True)
+    b = torch.load(tmp_path / "m_000006.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def r_ok(r):
+    assert r.returncode == 0, r.stderr[-2000:]
+    return True
+
+
+def test_torchrun_two_processes(tiny, tmp_path):
+    args = tiny_args(tiny, tmp_path / "d_", "--max-steps", "2", "--save-every", "1", "--accum", "1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "train_i3d.py"), *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for step in (1, 2):
+        assert (tmp_path / f"d_{step:06d}.pt").is_file()
+    state = torch.load(tmp_path / "d_last.ckpt", weights_only=True)
+    assert state["config"]["world_size"] == 2 and state["step"] == 2
+    assert [int(r["step"]) for r in read_csv(tmp_path / "d_log.csv")] == [1, 2]  # rank 0 alone writes
+    weights.load_model(tmp_path / "d_000002.pt", mode="rgb")
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, non-zero exit, no traceback
+
+def assert_one_line_error(r, *words):
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.strip().splitlines() if "error" in l.lower()]
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_invalid_split_file(tiny, tmp_path):
+    bad = tmp_path / "charades.json"
+    bad.write_text("{not json")
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "1")
+    args[args.index("--split") + 1] = str(bad)
+    assert_one_line_error(run_script(args), "charades.json")
+
+
+def test_root_without_the_videos(tiny, tmp_path):
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "1")
+    (tmp_path / "empty").mkdir()
+    args[args.index("-root") + 1] = str(tmp_path / "empty")
+    assert_one_line_error(run_script(args), "empty")
+
+
+def test_flow_weights_for_rgb_mode(tiny, tmp_path):
+    flow = tmp_path / "flow.pt"
+    torch.save(InceptionI3d(num_classes=4, in_channels=2).state_dict(), flow)
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "1")
+    args[args.index("--init") + 1] = str(flow)
+    assert_one_line_error(run_script(args), "flow weights")
+
+
+def test_resume_with_another_configuration(tiny, full_run, tmp_path):
+    args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "8", "--accum", "3",
+                     "--resume", str(full_run / "m_last.ckpt"))
+    assert_one_line_error(run_script(args), "another configuration", "accum")
+    # and a fresh run refuses to overwrite an existing run
+    assert_one_line_error(run_script(tiny_args(tiny, full_run / "m_", "--max-steps", "8")), "--resume")
+
+
+def test_flow_mode_trains(tiny, tmp_path):
+    out, _ = tiny
+    args = tiny_args(tiny, tmp_path / "f_", "--max-steps", "1", "--accum", "1")
+    args[args.index("-mode") + 1] = "flow"
+    args[args.index("-root") + 1] = str(out / "flow")
+    result = train_i3d.train(train_i3d.parse_args(args))
+    assert result["step"] == 1
+    assert weights.load_model(tmp_path / "f_000001.pt", mode="flow").in_channels == 2
+
+
+def test_benchmark_rows():
+    class A:
+        device, train_frames, size, repeat, train_batch = "cpu", 8, 64, 1, 1
+    rows = train_i3d.benchmark_train_step(A())
+    assert rows[0]["row"].startswith("fp32 eager (plain)")
+    for r in rows:
+        assert r["section"] == "train" and r["unit"] == "clips/s" and r["value"] > 0 and r["baseline_value"] > 0
+        assert "(1, 3, 8, 64, 64)" in r["row"]
+
+
+# ----------------------------------------------------------------------------------------------
+# It learns: the real Kinetics weights fine-tuned on synthetic motion classes, on CPU.
+# A small batch on a tiny dataset: batch norm frozen (running statistics), and an lr for batch 4
+# (the original's 0.1 is for 160 clips per step); 30 steps = 120 clips, about 4 epochs.
+LEARN_LR, LEARN_STEPS = 0.006, 30
+
+def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights, tmp_path):
+    """python synthetic_charades.py syn --videos 40 --classes 4 --frames 16 --size 112
+    python train_i3d.py -root syn/rgb --split syn/charades.json -save_model run/m_ --init rgb_scratch \\
+        --num-classes 4 --clip-frames 16 --crop 112 --resize 112 --batch-size 4 --accum 1 \\
+        --lr LR --freeze-bn --max-steps STEPS --eval-every STEPS"""
+    split = synthetic_charades.write_dataset(tmp_path / "syn", videos=40, num_classes=4, frames=16, size=112, seed=0)
+    root = tmp_path / "syn" / "rgb"
+    torch.manual_seed(0)  # as train() does with --seed 0: the very model training starts from
+    before_model = train_i3d.build_model(str(rgb_scratch_weights), "rgb", 4)
+    before = eval_i3d.evaluate(before_model, split, root, "rgb", resize=112, crop=112, progress=False)
+    args = train_i3d.parse_args([
+        "-root", str(root), "--split", str(split), "-save_model", str(tmp_path / "run" / "m_"),
+        "--init", str(rgb_scratch_weights), "--num-classes", "4", "--clip-frames", "16", "--crop", "112",
+        "--resize", "112", "--batch-size", "4", "--accum", "1", "--lr", str(LEARN_LR), "--freeze-bn",
+        "--max-steps", str(LEARN_STEPS), "--eval-every", str(LEARN_STEPS)])
+    result = train_i3d.train(args)
+    after = eval_i3d.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
+                              crop=112, progress=False)
+    chance = after["classification_chance"]
+    print(f"mAP before {before['classification_map']:.3f}, after {after['classification_map']:.3f}, "
+          f"chance {chance:.3f}, {after['videos']} testing videos")
+    assert after["classification_map"] == pytest.approx(result["map"], abs=1e-6)  # training's own validation
+    assert after["classification_map"] > chance + 0.2
+    assert after["classification_map"] > before["classification_map"] + 0.05

@@ -1,0 +1,610 @@
+"""Fine-tune I3D on Charades (RGB or flow), as the original pytorch-i3d train_i3d.py.
+
+    python train_i3d.py -mode rgb -root data/Charades_v1_rgb -save_model models/charades_rgb_ \
+        --split data/charades.json
+    torchrun --nproc_per_node 4 train_i3d.py -mode flow -root data/Charades_v1_flow -save_model out/flow_
+    python train_i3d.py ... --resume            # continue from {save_model}last.ckpt, exactly
+
+The recipe is the original's by default: init from models/{mode}_imagenet.pt with the logits
+replaced by --num-classes (157), SGD (momentum 0.9, weight decay 1e-7, lr 0.1), MultiStepLR at
+steps [300, 1000], 4 batches accumulated per optimizer step ("steps" count optimizer steps, as
+in the original), 64-frame clips, random 224 crop and flip, loss = 0.5 * per-frame BCE + 0.5 *
+BCE of the max over time, each divided by the accumulation steps.
+
+Batch size: --batch-size is per process. The original ran batch 8*5 = 40 split over 5 GPUs by
+DataParallel, so one optimizer step saw 40 * 4 = 160 clips. To reproduce that: torchrun
+--nproc_per_node 5 with --batch-size 8 (DDP, the same global batch), or one process with
+--batch-size 8 --accum 20 (same clips per step, BatchNorm statistics over 8 clips instead of 8
+per GPU, which is what DataParallel did too).
+
+Upsampling the per-time logits to the clip's frames: the original called
+F.upsample(logits, t, mode='linear'), whose align_corners has defaulted to False since PyTorch
+0.4.0, so the published Charades models were trained with align_corners=False; we keep that.
+
+Writes, each atomically (temporary name, then rename), from rank 0 only:
+- {save_model}{step:06d}.pt every --save-every steps and at the end: a plain model state dict
+  with the original key names (weights.load_model / extract_features.py / eval_i3d.py load it),
+- {save_model}last.ckpt at the same moments: model, optimizer, scheduler, (AMP scaler), step,
+  the position in the data (epoch, batches consumed), the configuration; tensors and plain Python
+  values only, loaded with torch.load(weights_only=True),
+- {save_model}log.csv: one row per optimizer step (loc, cls, total loss, lr, and the mAP when
+  evaluated); on resume rows past the checkpoint are dropped, so no step appears twice,
+- with --plot, {save_model}curves.png.
+
+Exact resume: a checkpoint is written only right after an optimizer step, so no gradient is in
+flight (the accumulation position is 0, stored for checking). The order of the training items
+is a pure function of (seed, epoch) (EpochSampler), each item a pure function of (seed, epoch,
+index) (charades_dataset.Charades), the consumed batches of the epoch are skipped in the
+sampler without being loaded, and dropout is seeded per batch from (seed, epoch, batch, rank).
+So on CPU a resumed run ends with weights equal (torch.equal) to an uninterrupted one. SIGINT
+and SIGTERM stop after the current optimizer step and write last.ckpt first.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+import videotransforms
+from charades_dataset import Charades
+from cli import UserError, run_main, select_device, setup_logging
+from eval_i3d import evaluate, upsample_logits  # one upsampling rule for training and evaluation
+from frame_io import atomic_write
+from pytorch_i3d import InceptionI3d
+from weights import MODE_CHANNELS, load_model, resolve_weights
+
+log = logging.getLogger("train_i3d")
+
+LOG_FIELDS = ["step", "epoch", "loc_loss", "cls_loss", "loss", "lr", "map"]
+CKPT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Data order
+# ----------------------------------------------------------------------------------------------
+
+class EpochSampler(Sampler[int]):
+    """The item order of an epoch as a pure function of (seed, epoch): a permutation of the
+    dataset, padded by wrapping around to a multiple of the world size (as DistributedSampler)
+    and dealt out by rank; set_epoch(epoch, skip) starts `skip` items into this rank's share,
+    so a resumed run skips consumed batches without loading them."""
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's whole share of the epoch."""
+        idx = np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle else np.arange(self.size)
+        total = self.per_rank * self.world_size
+        idx = np.resize(idx, total)  # wrap around: every rank gets the same number of items
+        return idx[self.rank::self.world_size].tolist()
+
+    def __iter__(self):
+        return iter(self.order(self.epoch)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.skip)
+
+
+def dropout_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The torch seed for one batch's dropout: a function of its place in training only."""
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, loss
+# ----------------------------------------------------------------------------------------------
+
+def build_model(init: str, mode: str, num_classes: int) -> InceptionI3d:
+    """The network to fine-tune: weights from `init` (a name in models/ or a path; 'none' for a
+    random init), logits replaced by num_classes outputs, in train mode."""
+    if init.lower() == "none":
+        model = InceptionI3d(num_classes=400, in_channels=MODE_CHANNELS[mode])
+    else:
+        model = load_model(resolve_weights(init), mode=mode)
+    if model.num_classes != num_classes:
+        model.replace_logits(num_classes)
+    return model.train()
+
+
+def freeze_batch_norm(model: torch.nn.Module) -> None:
+    """Batch norm layers to eval mode: normalised with their running (pre-trained) statistics,
+    which are not updated; their scale and shift still train. For small batches, where batch
+    statistics are noisy and the running ones would lag far behind them after few steps."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def charades_losses(per_time_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(localization loss, classification loss): BCE of the per-frame logits, and BCE of the
+    max over time of the logits against the max over time of the labels."""
+    logits = upsample_logits(per_time_logits.float(), labels.shape[2])  # linear, align_corners=False
+    loc = F.binary_cross_entropy_with_logits(logits, labels)
+    cls = F.binary_cross_entropy_with_logits(logits.max(dim=2)[0], labels.max(dim=2)[0])
+    return loc, cls
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """AMP: fp16 autocast (with a GradScaler) on CUDA, bf16 autocast on CPU; else nothing."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and the CSV log
+# ----------------------------------------------------------------------------------------------
+
+def save_path(save_model: str, name: str) -> Path:
+    """The original's naming: the prefix and the name glued together (prefix 'out/rgb_')."""
+    return Path(f"{save_model}{name}")
+
+
+def run_config(args: argparse.Namespace, in_channels: int, world_size: int) -> dict:
+    """What a checkpoint must agree with to be resumed exactly."""
+    return {"mode": args.mode, "num_classes": args.num_classes, "in_channels": in_channels,
+            "batch_size": args.batch_size, "accum": args.accum, "world_size": world_size}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler, step: int, epoch: int,
+                    batches: int, accum_pos: int, config: dict, seed: int) -> None:
+    state = {"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+             "step": step, "epoch": epoch, "batches": batches, "accum_pos": accum_pos, "config": config,
+             "seed": seed, "torch_rng": torch.get_rng_state()}
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, config: dict) -> dict:
+    """A training checkpoint, refused with one clear error when it is not one or comes from
+    another configuration."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable training checkpoint ({e.__class__.__name__})") from e
+    if not isinstance(state, dict) or state.get("version") != CKPT_VERSION or "config" not in state:
+        raise UserError(f"{path}: not a train_i3d.py training checkpoint")
+    diff = [f"{k} {state['config'].get(k)!r} (now {v!r})" for k, v in config.items() if state["config"].get(k) != v]
+    if diff:
+        raise UserError(f"{path}: checkpoint from another configuration: {', '.join(diff)}")
+    return state
+
+
+def write_log_rows(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_log_row(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def plot_curves(log_csv: Path, out: Path) -> None:
+    """Loss and mAP against steps, from the CSV log, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(log_csv)
+    steps = [int(r["step"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "loc_loss", "cls_loss"):
+        ax1.plot(steps, [float(r[key]) for r in rows], label=key)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    evals = [(int(r["step"]), float(r["map"])) for r in rows if r.get("map")]
+    if evals:
+        ax2.plot(*zip(*evals), marker="o")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("Charades mAP (testing)")
+    fig.tight_layout()
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device) -> float:
+    """Charades classification mAP of the model on the testing subset (eval_i3d.evaluate on an
+    eval copy; the model being trained is left as it was)."""
+    result = evaluate(model, split=args.split, root=args.test_root or args.root, mode=args.mode,
+                               resize=args.resize, crop=args.crop, device=device, subset="testing",
+                               progress=False)
+    return float(result["classification_map"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); starts the process group when run under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: training stops after the current optimizer step, checkpointed."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:  # a second signal: stop now
+            raise KeyboardInterrupt
+        log.warning("signal %d: stopping after this optimizer step (checkpoint first)", signum)
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Fine-tune as described at the top of this file; returns {'step', 'map' (last, or None),
+    'model': path of the last step's state dict}."""
+    rank, world_size, local_rank = init_distributed()
+    try:
+        return _train(args, rank, world_size, local_rank)
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
+    device = select_device(args.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick the fastest kernels once
+    if args.batch_size < 1 or args.accum < 1 or args.max_steps < 1 or args.clip_frames < 1:
+        raise UserError("--batch-size, --accum, --max-steps and --clip-frames must be at least 1")
+    main_rank = rank == 0
+    ckpt_path = save_path(args.save_model, "last.ckpt")
+    log_csv = save_path(args.save_model, "log.csv")
+    resume_from = None
+    if args.resume is not None:
+        resume_from = ckpt_path if args.resume == "auto" else Path(args.resume)
+        if not resume_from.is_file():
+            if args.resume != "auto":
+                raise UserError(f"{resume_from}: no such checkpoint to resume")
+            log.info("no %s yet: starting from the beginning", resume_from)
+            resume_from = None
+    elif ckpt_path.is_file():
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another -save_model")
+
+    if main_rank:
+        log_csv.parent.mkdir(parents=True, exist_ok=True)
+    transforms = videotransforms.Compose([videotransforms.RandomCrop(args.crop), videotransforms.horizontal_flip(args.mode)])
+    dataset = Charades(args.split, "training", args.root, args.mode, transforms, clip_frames=args.clip_frames,
+                       resize=args.resize, num_classes=args.num_classes, seed=args.seed)
+    sampler = EpochSampler(len(dataset), seed=args.seed, rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", drop_last=True,  # no 1-clip batch for batch norm
+                        generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+    if len(loader) == 0:
+        raise UserError(f"{len(dataset)} training clips over {world_size} process(es) do not fill one batch of "
+                        f"{args.batch_size}: lower --batch-size")
+
+    torch.manual_seed(args.seed)  # the new logits layer's init
+    model = build_model(args.init, args.mode, args.num_classes).to(device)
+    if args.freeze_bn:
+        freeze_batch_norm(model)
+    # with AMP, channels-last activations too: bf16 + channels_last_3d is ~2x fp32 per training
+    # step on a CPU with native bf16 (benchmark_train_step); alone in fp32 it gains nothing
+    memory_format = torch.channels_last_3d if args.amp else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    config = run_config(args, model.in_channels, world_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.milestones)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    step, epoch, batches = 0, 0, 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, config)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"{resume_from}: checkpoint does not fit this model: {str(e).splitlines()[0]}") from e
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, batches = int(state["step"]), int(state["epoch"]), int(state["batches"])
+        if state["accum_pos"] != 0:
+            raise UserError(f"{resume_from}: checkpoint taken inside an accumulation; cannot resume exactly")
+        if state["seed"] != args.seed:
+            log.warning("checkpoint seed %s, now --seed %s: the data order changes from here", state["seed"], args.seed)
+        log.info("resumed %s at step %d (epoch %d, %d batches in)", resume_from, step, epoch, batches)
+        if main_rank:  # drop log rows of steps after the checkpoint (written before a kill)
+            rows = read_log(log_csv)
+            if any(int(r["step"]) > step for r in rows):
+                write_log_rows(log_csv, [r for r in rows if int(r["step"]) <= step])
+    elif main_rank and log_csv.exists():
+        log_csv.unlink()  # a fresh run: a stale log would mix two runs
+    net = model
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    last_map = None
+    final_model = save_path(args.save_model, f"{step:06d}.pt")
+    if step >= args.max_steps:
+        log.info("already at step %d of %d: nothing to do", step, args.max_steps)
+        return {"step": step, "map": None, "model": final_model}
+
+    def checkpoint() -> None:
+        if main_rank:
+            with atomic_write(save_path(args.save_model, f"{step:06d}.pt")) as tmp:
+                torch.save(model.state_dict(), tmp)
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, epoch, batches, 0, config, args.seed)
+            if args.plot:
+                plot_curves(log_csv, Path(args.plot) if args.plot != "auto" else save_path(args.save_model, "curves.png"))
+
+    log.info("training %s on %s: %d clips, %d per batch x %d accumulated x %d processes per step, steps %d -> %d",
+             args.mode, device, len(dataset), args.batch_size, args.accum, world_size, step, args.max_steps)
+    accum_pos, sums = 0, torch.zeros(3, dtype=torch.float64)
+    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank, dynamic_ncols=True)
+    with StopFlag() as stop:
+        while step < args.max_steps:
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=batches * args.batch_size)
+            finished_epoch = True
+            for clips, labels in loader:
+                clips = clips.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                labels = labels.to(device, non_blocking=True)
+                torch.manual_seed(dropout_seed(args.seed, epoch, batches, rank))
+                sync = accum_pos + 1 == args.accum
+                # DDP: all-reduce the gradients only on the last batch of an accumulation
+                with (net.no_sync() if world_size > 1 and not sync else contextlib.nullcontext()):
+                    with autocast_for(device, args.amp):
+                        per_time = net(clips)
+                    loc, cls = charades_losses(per_time, labels)
+                    loss = (0.5 * loc + 0.5 * cls) / args.accum
+                    scaler.scale(loss).backward()
+                sums += torch.tensor([loc.item(), cls.item(), 2 * loss.item()]) / args.accum
+                batches += 1
+                accum_pos += 1
+                if accum_pos < args.accum:
+                    continue
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                step += 1
+                accum_pos = 0
+                if world_size > 1:
+                    sums = sums.to(device)
+                    dist.all_reduce(sums)
+                    sums = sums.cpu() / world_size
+                loc_v, cls_v, loss_v = sums.tolist()
+                sums.zero_()
+                row = {"step": step, "epoch": epoch, "loc_loss": f"{loc_v:.6f}", "cls_loss": f"{cls_v:.6f}",
+                       "loss": f"{loss_v:.6f}", "lr": f"{lr:.6g}", "map": ""}
+                if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
+                    if main_rank:
+                        last_map = validate(model, args, device)
+                        row["map"] = f"{last_map:.6f}"
+                        log.info("step %d: testing mAP %.4f", step, last_map)
+                    if world_size > 1:
+                        dist.barrier()
+                if main_rank:
+                    log.info("step %d epoch %d: loc %.4f cls %.4f loss %.4f lr %.4g", step, epoch, loc_v, cls_v,
+                             loss_v, lr)
+                    append_log_row(log_csv, row)
+                progress.update(1)
+                stopping = stop.set
+                if world_size > 1:  # stop together, or the others would wait forever
+                    flag = torch.tensor([float(stopping)], device=device)
+                    dist.all_reduce(flag)
+                    stopping = bool(flag.item())
+                if step % args.save_every == 0 or step >= args.max_steps or stopping:
+                    checkpoint()
+                    final_model = save_path(args.save_model, f"{step:06d}.pt")
+                if stopping:
+                    log.warning("stopped at step %d; resume with --resume", step)
+                    progress.close()
+                    return {"step": step, "map": last_map, "model": final_model, "stopped": True}
+                if step >= args.max_steps:
+                    finished_epoch = False
+                    break
+            if finished_epoch:
+                epoch += 1
+                batches = 0
+    progress.close()
+    log.info("done: step %d, weights %s", step, final_model)
+    return {"step": step, "map": last_map, "model": final_model}
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed (benchmark.py's train section)
+# ----------------------------------------------------------------------------------------------
+
+def benchmark_train_step(args=None) -> list[dict]:
+    """Clips/s of one training step (forward, loss, backward, SGD step) on a random (B, 3, T, S, S)
+    clip: plain fp32 eager against channels_last_3d, and bf16 autocast (CPU with native bf16) or
+    fp16 AMP + cudnn.benchmark (CUDA), measured round-robin in the same run. Every step of every
+    path uses the same dropout seed, so the first-step losses (in each row's note) compare the
+    precisions. On CPU the clip is at most 16 frames (a step of 64 would take ~10 s here)."""
+    import statistics
+
+    from pytorch_i3d import cpu_has_native_bf16
+
+    device = select_device(getattr(args, "device", "auto") or "auto")
+    frames = int(getattr(args, "train_frames", None) or getattr(args, "frames", 64) or 64)
+    if device.type == "cpu":
+        frames = min(frames, 16)
+    size = int(getattr(args, "size", 224) or 224)
+    batch = int(getattr(args, "train_batch", None) or (8 if device.type == "cuda" else 1))
+    repeat = int(getattr(args, "repeat", 3) or 3)
+    gen = torch.Generator().manual_seed(0)
+    clip = (torch.rand((batch, 3, frames, size, size), generator=gen) * 2 - 1).to(device)
+    labels = (torch.rand((batch, 157, frames), generator=gen) < 0.05).float().to(device)
+
+    def make(channels_last: bool, amp: bool, cudnn_benchmark: bool):
+        torch.manual_seed(0)
+        model = InceptionI3d(num_classes=157).to(device).train()
+        x = clip
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            x = clip.contiguous(memory_format=torch.channels_last_3d)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        losses = []
+
+        def run():
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+            torch.manual_seed(1)  # the same dropout masks for every path
+            with autocast_for(device, amp):
+                out = model(x)
+            loc, cls = charades_losses(out, labels)
+            loss = 0.5 * loc + 0.5 * cls
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        return run, losses
+
+    cuda = device.type == "cuda"
+    base = "fp32 eager (plain)"
+    paths = {base: make(False, False, False)}
+    if cuda:
+        paths["fp32 cudnn.benchmark"] = make(False, False, True)
+    paths["fp32 channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, False, cuda)
+    low = "fp16 AMP" if cuda else "bf16 autocast"
+    if cuda or cpu_has_native_bf16():
+        paths[low + (" cudnn.benchmark" if cuda else "")] = make(False, True, cuda)
+        paths[low + " channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, True, cuda)
+    for fn, _ in paths.values():  # warm-up; its loss is the first-step loss compared below
+        fn()
+    first = {name: losses[0] for name, (_, losses) in paths.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeat):
+        for name, (fn, _) in paths.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t)
+    torch.backends.cudnn.benchmark = False
+    rate = {name: batch / statistics.median(ts) for name, ts in times.items()}
+    shape = f"({batch}, 3, {frames}, {size}, {size})"
+    return [{"section": "train", "row": f"{name} {shape}", "unit": "clips/s", "value": v,
+             "baseline_row": f"{base} {shape}", "baseline_value": rate[base],
+             "note": f"first-step loss {first[name]:.4f} (fp32 {first[base]:.4f})"} for name, v in rate.items()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-mode", "--mode", choices=("rgb", "flow"), default="rgb")
+    p.add_argument("-root", "--root", type=Path, required=True, help="frames root: ROOT/VID/VID-000001.jpg")
+    p.add_argument("-save_model", "--save-model", required=True,
+                   help="output prefix: {prefix}000010.pt, {prefix}last.ckpt, {prefix}log.csv")
+    p.add_argument("--split", nargs="+", default=["charades/charades.json"],
+                   help="charades.json and/or Charades_v1_train.csv / _test.csv (merged)")
+    p.add_argument("--init", default=None, help="weights name in models/ or path (default: {mode}_imagenet; "
+                                                "'none': random init)")
+    p.add_argument("--num-classes", type=int, default=157)
+    p.add_argument("--max-steps", type=int, default=64000, help="optimizer steps (the original's 64e3)")
+    p.add_argument("--save-every", type=int, default=10, help="steps between checkpoints (the original's 10)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per batch per process (original: 8*5 on 5 GPUs)")
+    p.add_argument("--accum", type=int, default=4, help="batches per optimizer step (the original's num_steps_per_update)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=1e-7)
+    p.add_argument("--milestones", type=int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
+    p.add_argument("--clip-frames", type=int, default=64)
+    p.add_argument("--crop", type=int, default=224, help="random crop size")
+    p.add_argument("--resize", type=int, default=None,
+                   help="smaller side of the frames before cropping (default: the original's upscale-if-under-226)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the original used 36)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: each rank its local GPU)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="keep batch norm in eval mode (running statistics; for small batches / short fine-tuning)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision, channels-last: fp16 + GradScaler on CUDA, bf16 autocast on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="steps between testing-subset mAP evaluations (0: none; eval_i3d.py does it afterwards)")
+    p.add_argument("--test-root", type=Path, default=None, help="frames root of the testing videos (default: -root)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from {save_model}last.ckpt (started fresh when absent) or the given checkpoint")
+    p.add_argument("--plot", nargs="?", const="auto", default=None,
+                   help="save loss / mAP curves as PNG (default path {save_model}curves.png)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.init is None:
+        args.init = f"{args.mode}_imagenet"
+    if args.save_every < 1:
+        p.error("--save-every must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
+    result = train(args)
+    return 0 if result["step"] >= args.max_steps or result.get("stopped") else 1
+
+
+if __name__ == "__main__":
+    run_main(main)
