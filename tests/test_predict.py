@@ -134,3 +134,25 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert errors and len(errors[0]) < 400
     assert sorted(tmp_path.iterdir()) == before  # nothing left behind
+
+
+def test_two_stream_computes_flow_when_not_given(rgb_scratch_weights, sample_videos, tmp_path):
+    """Without --flow-input, predict.py computes TV-L1 flow with dense_flow.py; the result is
+    what dense_flow.py's own JPEG frames of the same clip give."""
+    import dense_flow
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, frame in zip(range(10), frame_io.iter_frames(sample_videos[1], resize=128)):
+        frame_io.write_image(clip / f"{i:04d}.png", frame)
+    torch.manual_seed(0)
+    torch.save(InceptionI3d(400, in_channels=2).state_dict(), tmp_path / "flow.pt")
+    assert dense_flow.main([str(clip), "-o", str(tmp_path / "flow"), "--resize", "128", "--no-compile"]) == 0
+    common = ["--weights", str(rgb_scratch_weights), "--flow-weights", str(tmp_path / "flow.pt"), "--resize", "128",
+              "--crop", "112", "--json", "--precision", "fp32", "--top", "400"]
+    computed = run_predict(str(clip), *common)
+    given = run_predict(str(clip), *common, "--flow-input", str(tmp_path / "flow" / "clip"))
+    assert computed.returncode == 0 and given.returncode == 0, computed.stderr + given.stderr
+    a = {t["index"]: t["logit"] for t in json.loads(computed.stdout)[0]["top"]}
+    b = {t["index"]: t["logit"] for t in json.loads(given.stdout)[0]["top"]}
+    diff = np.array([a[i] - b[i] for i in range(400)])
+    assert np.abs(diff).max() < 0.05 * np.abs(list(b.values())).max()  # only JPEG rounding apart
