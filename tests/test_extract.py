@@ -407,7 +407,6 @@ def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
 
 
 def test_split_file_selects_videos(tmp_path, weights_file):
-    pytest.importorskip("charades_dataset", reason="charades_dataset.read_annotations comes from another module")
     import json
 
     root = tmp_path / "root"
