@@ -166,25 +166,53 @@ class TemporalChunker:
         return torch.cat(self.outputs, dim=1)
 
 
+class WindowBatcher:
+    """Runs the --stack windows of any number of videos through the network `batch` at a time
+    (windows of one shape per batch), handing each window's feature back to its video, so
+    short videos fill batches together. A failed batch marks every video that had a window in it."""
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], batch: int = 4):
+        self.run, self.batch = run, max(1, batch)
+        self.pending: list[tuple["WindowStacker", np.ndarray]] = []
+
+    def add(self, owner: "WindowStacker", window: np.ndarray) -> None:
+        if self.pending and self.pending[0][1].shape != window.shape:
+            self.flush()
+        self.pending.append((owner, window))
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        owners, windows = zip(*self.pending)
+        self.pending = []
+        try:
+            out = self.run(torch.from_numpy(np.stack(windows)))  # (B, crops, L', [h, w,] C)
+        except Exception as e:
+            for owner in owners:
+                owner.error = owner.error or e
+            raise
+        for owner, feature in zip(owners, out.flatten(2, -2).mean(dim=2)):  # mean over time and space
+            owner.outputs.append(feature[None])
+
+
 class WindowStacker:
     """--stack N --step S: one feature per window of N frames starting every S frames, each
     window a separate forward pass, averaged over time and space (video_features' clips).
-    Windows are batched by `batch`; a partial last window is dropped."""
+    Windows go through `batcher` (shared by the videos of a run), else batches of `batch` of
+    this video's own; a partial last window is dropped."""
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], stack: int, step: int, batch: int = 4):
-        self.run, self.stack, self.step, self.batch = run, stack, step, batch
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], stack: int, step: int, batch: int = 4,
+                 batcher: WindowBatcher | None = None):
+        self.batcher = batcher or WindowBatcher(run, batch)
+        self.stack, self.step = stack, step
         self.pieces: list[np.ndarray] = []
         self.buf_start = 0
         self.seen = 0
         self.next_window = 0
-        self.ready: list[np.ndarray] = []
         self.outputs: list[torch.Tensor] = []
-
-    def _flush(self) -> None:
-        if self.ready:
-            out = self.run(torch.from_numpy(np.stack(self.ready)))  # (B, crops, L', [h, w,] C)
-            self.outputs.append(out.flatten(2, -2).mean(dim=2))  # mean over time and space
-            self.ready = []
+        self.error: Exception | None = None
 
     def push(self, frames: np.ndarray) -> None:
         if len(frames) == 0:
@@ -194,18 +222,19 @@ class WindowStacker:
         while self.seen >= self.step * self.next_window + self.stack:
             buf = np.concatenate(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
             s = self.step * self.next_window - self.buf_start
-            self.ready.append(buf[s:s + self.stack])
+            window = buf[s:s + self.stack]
             self.next_window += 1
             # Keep only frames the next window can use (none of a gap when step > stack).
             drop = min(self.step * self.next_window - self.buf_start, len(buf))
             self.pieces = [buf[drop:].copy()]
             self.buf_start += drop
-            if len(self.ready) == self.batch:
-                self._flush()
+            self.batcher.add(self, window)
 
     def finish(self) -> torch.Tensor:
         """(crops, windows, C)."""
-        self._flush()
+        self.batcher.flush()
+        if self.error is not None:
+            raise self.error
         if not self.outputs:
             raise frame_io.FrameError(f"{self.seen} frames, shorter than one --stack of {self.stack}")
         return torch.cat(self.outputs).transpose(0, 1)
@@ -469,9 +498,10 @@ class H5Store:
 # The extraction loop
 # ----------------------------------------------------------------------------------------------
 
-def _new_state(args: argparse.Namespace, run: Callable, endpoint: str, total: int):
+def _new_state(args: argparse.Namespace, run: Callable, endpoint: str, total: int,
+               batcher: WindowBatcher | None = None):
     if args.stack:
-        return WindowStacker(run, args.stack, args.step or args.stack, args.batch_windows)
+        return WindowStacker(run, args.stack, args.step or args.stack, args.batch_windows, batcher)
     stride, left, right = temporal_geometry(endpoint, pooled=endpoint == "Mixed_5c")
     return TemporalChunker(run, stride, left, right, args.chunk_frames, total)
 
@@ -501,6 +531,8 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=2 if args.workers else None)
+    # --stack windows of all videos share batches (short videos fill them together).
+    batcher = WindowBatcher(run, args.batch_windows) if args.stack else None
     states: dict[int, object] = {}
     broken: set[int] = set()
     bar = tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet)
@@ -510,7 +542,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
             if item["error"] is None and i not in broken:
                 try:
                     if i not in states:
-                        states[i] = _new_state(args, run, endpoint, item["total"])
+                        states[i] = _new_state(args, run, endpoint, item["total"], batcher)
                     states[i].push(item["frames"].numpy())
                 except Exception as e:  # e.g. frames smaller than the crop, out of memory
                     broken.add(i)
@@ -586,7 +618,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decode workers")
     p.add_argument("--chunk-frames", type=int, default=512,
                    help="frames per temporal chunk (bounds memory; does not change the result)")
-    p.add_argument("--batch-windows", type=int, default=4, help="--stack windows per forward pass")
+    p.add_argument("--batch-windows", type=int, default=4,
+                   help="--stack windows per forward pass, taken across videos")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

@@ -306,6 +306,36 @@ def test_stack_step_windows(tmp_path, weights_file, model5c):
     assert "shorter than one --stack" in (tmp_path / "out" / "failures.txt").read_text()
 
 
+def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, model5c):
+    """One batcher for all videos: windows of different videos run in the same forward pass
+    and each video still gets exactly its own features, in order."""
+    runs: list[int] = []
+    run = ef.make_runner(model5c, torch.device("cpu"))
+
+    def counting_run(x):
+        runs.append(x.shape[0])
+        return run(x)
+
+    batcher = ef.WindowBatcher(counting_run, batch=4)
+    videos = {"A": random_frames(24, seed=7), "B": random_frames(8, seed=8), "C": random_frames(16, seed=9)}
+    stackers = {k: ef.WindowStacker(counting_run, 8, 8, batcher=batcher) for k in videos}
+    for k, frames in videos.items():
+        stackers[k].push(frames)
+    outs = {k: s.finish()[0].numpy() for k, s in stackers.items()}
+    assert runs == [4, 2]  # A's 3 windows and B's 1 in one pass, C's 2 in the next
+    for k, frames in videos.items():
+        ref = np.stack([whole_video(model5c, frames[s:s + 8]).mean(axis=(0, 1, 2)) for s in range(0, len(frames), 8)])
+        assert_close(outs[k], ref)
+    root = tmp_path / "root"
+    for vid, t in (("A", 24), ("B", 8), ("C", 16)):
+        make_charades(root, vid, t, seed=len(vid) + t)
+    for batch in ("1", "6"):
+        assert run_cli("-load_model", weights_file, "-root", root, "-save_dir", tmp_path / f"out{batch}", "--resize",
+                       "0", "--crop", "32", "--workers", "0", "-q", "--stack", "8", "--batch-windows", batch) == 0
+    for vid in "ABC":
+        assert_close(np.load(tmp_path / "out6" / f"{vid}.npy"), np.load(tmp_path / "out1" / f"{vid}.npy"))
+
+
 def test_ten_crop_and_flow_flip(model5c):
     frames = random_frames(9, h=40, w=48, seed=5)
     run = ef.make_runner(model5c, torch.device("cpu"), ten_crop=32)
