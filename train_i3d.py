@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import glob
 import logging
 import math
 import os
@@ -157,6 +158,13 @@ def autocast_for(device: torch.device, amp: bool):
 def save_path(save_model: str, name: str) -> Path:
     """The original's naming: the prefix and the name glued together (prefix 'out/rgb_')."""
     return Path(f"{save_model}{name}")
+
+
+def step_files(save_model: str) -> list[Path]:
+    """The {save_model}STEP.pt files there are, oldest step first."""
+    prefix = save_path(save_model, "x")
+    pattern = glob.escape(prefix.name[:-1]) + "[0-9]" * 6 + ".pt"
+    return sorted(prefix.parent.glob(pattern))
 
 
 def run_config(args: argparse.Namespace, in_channels: int, world_size: int) -> dict:
@@ -387,6 +395,9 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
         if main_rank:
             with atomic_write(save_path(args.save_model, f"{step:06d}.pt")) as tmp:
                 torch.save(model.state_dict(), tmp)
+            if args.keep_last:  # 64k steps of 50 MB files every 10 steps would fill any disk
+                for old in step_files(args.save_model)[:-args.keep_last]:
+                    old.unlink()
             save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, epoch, batches, 0, config, args.seed)
             if args.plot:
                 plot_curves(log_csv, Path(args.plot) if args.plot != "auto" else save_path(args.save_model, "curves.png"))
@@ -565,6 +576,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=157)
     p.add_argument("--max-steps", type=int, default=64000, help="optimizer steps (the original's 64e3)")
     p.add_argument("--save-every", type=int, default=10, help="steps between checkpoints (the original's 10)")
+    p.add_argument("--keep-last", type=int, default=0,
+                   help="keep only the newest N {save_model}STEP.pt files (0: keep all, as the original)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch per process (original: 8*5 on 5 GPUs)")
     p.add_argument("--accum", type=int, default=4, help="batches per optimizer step (the original's num_steps_per_update)")
     p.add_argument("--lr", type=float, default=0.1)

@@ -226,6 +226,13 @@ def test_flow_mode_trains(tiny, tmp_path):
     assert weights.load_model(tmp_path / "f_000001.pt", mode="flow").in_channels == 2
 
 
+def test_keep_last_removes_older_step_files(tiny, tmp_path):
+    args = tiny_args(tiny, tmp_path / "k_", "--max-steps", "3", "--accum", "1", "--save-every", "1", "--keep-last", "2")
+    (tmp_path / "k_other000001.pt").write_bytes(b"not ours")  # another prefix: left alone
+    train_i3d.train(train_i3d.parse_args(args))
+    assert sorted(p.name for p in tmp_path.glob("k_*.pt")) == ["k_000002.pt", "k_000003.pt", "k_other000001.pt"]
+
+
 def test_benchmark_rows():
     class A:
         device, train_frames, size, repeat, train_batch = "cpu", 8, 64, 1, 1
