@@ -139,23 +139,31 @@ class VideoItem:
     labels: np.ndarray  # (num_classes, num_frames) float32
 
 
+def find_videos(annotations: dict[str, VideoAnnotation], subset: str, root: str | Path,
+                mode: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """([(vid, frame count)] found under root, [vids missing there]) of a subset's videos,
+    sorted by name. A root that is not a folder is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such {mode} frames root")
+    found, missing = [], []
+    for vid in sorted(v for v, a in annotations.items() if a.subset == subset):
+        n = frame_io.count_charades_frames(root, vid, mode) if (root / vid).is_dir() else 0
+        if n:
+            found.append((vid, n))
+        else:
+            missing.append(vid)
+    return found, missing
+
+
 def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str | Path, mode: str,
                  num_classes: int = NUM_CLASSES) -> list[VideoItem]:
     """The subset's videos found under root, with their per-frame labels. Videos missing from
     root are skipped with a warning; none found is an error. Short videos are kept (padded
     when loaded), unlike the original, which dropped videos under 66 frames."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such frames root")
-    items, missing = [], []
-    for vid in sorted(v for v, a in annotations.items() if a.subset == subset):
-        if not (root / vid).is_dir():
-            missing.append(vid)
-            continue
-        n = frame_io.count_charades_frames(root, vid, mode)
-        if n == 0:
-            missing.append(vid)
-            continue
+    found, missing = find_videos(annotations, subset, root, mode)
+    items = []
+    for vid, n in found:
         ann = annotations[vid]
         fps = n / ann.duration if ann.duration > 0 else 24.0
         items.append(VideoItem(vid, n, frame_labels(ann.actions, n, fps, num_classes)))

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import frame_io
-from charades_dataset import VideoAnnotation, read_annotations
+from charades_dataset import VideoAnnotation, find_videos, read_annotations
 from charades_dataset_full import VideoSource, open_video
 from cli import UserError, run_main, select_device, setup_logging
 from pytorch_i3d import PRECISIONS, InceptionI3d
@@ -241,19 +241,12 @@ def list_videos(annotations: dict[str, VideoAnnotation], subset: str, roots: Seq
         for c, _, _ in annotations[v].actions:
             if c >= num_classes:
                 raise UserError(f"video {v}: class {c} in the annotations, but the model has {num_classes} classes")
+    counts: dict[str, list[int]] = {v: [] for v in vids}
     for mode, root in roots:
-        if not Path(root).is_dir():
-            raise UserError(f"{root}: no such {mode} frames root")
-    out, missing = [], []
-    for v in vids:
-        counts = []
-        for mode, root in roots:
-            n = frame_io.count_charades_frames(root, v, mode) if (Path(root) / v).is_dir() else 0
-            counts.append(n)
-        if min(counts) == 0:
-            missing.append(v)
-        else:
-            out.append((v, counts))
+        for v, n in find_videos(annotations, subset, root, mode)[0]:
+            counts[v].append(n)
+    out = [(v, c) for v, c in counts.items() if len(c) == len(roots)]
+    missing = [v for v in vids if len(counts[v]) < len(roots)]
     if missing and out:
         log.warning("%d of %d %s videos have no frames under %s (e.g. %s); skipped", len(missing), len(vids),
                     subset, " / ".join(str(r) for _, r in roots), missing[0])
