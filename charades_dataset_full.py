@@ -34,27 +34,6 @@ class VideoSource:
     vid: str = ""  # Charades video id
 
 
-def resize_rule(img: np.ndarray, resize: int | None, mode: str) -> np.ndarray:
-    """resize None: the original rule (upscale only when the smaller side is under 226 for RGB,
-    224 for flow); N: smaller side to N; 0: keep."""
-    if resize is None:
-        return frame_io.upscale_if_smaller(img, 226 if mode == "rgb" else 224)
-    return frame_io.resize_smaller_side(img, resize)
-
-
-def _flow_folder_frames(folder: Path) -> tuple[int, Iterator[np.ndarray]]:
-    """x/y flow JPEG pairs of a frame folder (`*x.jpg`, `*y.jpg`) as uint8 (H, W, 2)."""
-    xs = [f for f in frame_io.list_frame_files(folder) if f.stem.endswith("x")]
-    if not xs:
-        raise frame_io.FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
-
-    def gen() -> Iterator[np.ndarray]:
-        for fx in xs:
-            fy = fx.with_name(fx.stem[:-1] + "y" + fx.suffix)
-            yield np.stack([frame_io.read_image(fx, gray=True), frame_io.read_image(fy, gray=True)], axis=-1)
-    return len(xs), gen()
-
-
 def open_video(src: VideoSource, mode: str, resize: int | None = None,
                crop: int = 224) -> tuple[int, float, Iterator[np.ndarray]]:
     """(frame count, fps, frame iterator) of a source. The count is exact for frame folders and
@@ -78,17 +57,17 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         if src.layout != "folder":
             raise frame_io.FrameError(f"{src.path}: flow mode needs a folder of x/y flow JPEGs "
                                       f"(make them with dense_flow.py), not a video file")
-        total, frames = _flow_folder_frames(Path(src.path))
-        frames, fps = (resize_rule(f, resize, mode) for f in frames), math.nan
+        total, frames = frame_io.flow_folder_frames(src.path)
+        frames, fps = (frame_io.resize_for_mode(f, resize, mode) for f in frames), math.nan
     elif src.layout == "folder":
         files = frame_io.list_frame_files(src.path)
         if not files:
             raise frame_io.FrameError(f"{src.path}: no frame images in folder")
         total, fps = len(files), math.nan
-        frames = (resize_rule(f, resize, mode) for f in frame_io.iter_frames(src.path))
+        frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     else:
         total, fps, _, _ = frame_io.video_info(src.path)
-        frames = (resize_rule(f, resize, mode) for f in frame_io.iter_frames(src.path))
+        frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     if crop:
         frames = (frame_io.center_crop(f, crop) for f in frames)
     return total, fps, frames

@@ -166,6 +166,29 @@ def read_frames(source: str | Path, resize: int = 0, gray: bool = False) -> np.n
 # Charades / pytorch-i3d frame folders
 # ---------------------------------------------------------------------------------------------
 
+def resize_for_mode(img: np.ndarray, resize: int | None, mode: str = "rgb") -> np.ndarray:
+    """resize=None: the original pytorch-i3d rule (upscale only when the smaller side is under
+    226 for RGB, 224 for flow); resize=N: smaller side N; resize=0: keep."""
+    if resize is None:
+        return upscale_if_smaller(img, 226 if mode == "rgb" else 224)
+    return resize_smaller_side(img, resize)
+
+
+def flow_folder_frames(folder: str | Path) -> tuple[int, Iterator[np.ndarray]]:
+    """(count, iterator) of the x/y flow JPEG pairs of a folder (`*x.jpg` with `*y.jpg`, as
+    dense_flow.py writes them), each as uint8 (H, W, 2)."""
+    folder = Path(folder)
+    xs = [f for f in list_frame_files(folder) if f.stem.endswith("x")]
+    if not xs:
+        raise FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
+
+    def pairs() -> Iterator[np.ndarray]:
+        for fx in xs:
+            fy = fx.with_name(fx.stem[:-1] + "y" + fx.suffix)
+            yield np.stack([read_image(fx, gray=True), read_image(fy, gray=True)], axis=-1)
+    return len(xs), pairs()
+
+
 def charades_frame_path(root: str | Path, vid: str, index: int, suffix: str = "") -> Path:
     """root/VID/VID-000001.jpg for index 1; suffix 'x' or 'y' for the flow frames."""
     return Path(root) / vid / f"{vid}-{index:06d}{suffix}.jpg"
@@ -200,11 +223,7 @@ def load_charades_frames(root: str | Path, vid: str, start: int, num: int, mode:
                             read_image(charades_frame_path(root, vid, i, "y"), gray=True)], axis=-1)
         else:
             raise ValueError(f"mode must be 'rgb' or 'flow', got {mode!r}")
-        if resize is None:
-            img = upscale_if_smaller(img, 226 if mode == "rgb" else 224)
-        else:
-            img = resize_smaller_side(img, resize)
-        out.append(img)
+        out.append(resize_for_mode(img, resize, mode))
     return np.stack(out)
 
 

@@ -49,13 +49,7 @@ def rgb_clips(source: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
 
 def flow_frames(folder: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
     """x/y flow JPEGs (dense_flow.py's `*x.jpg`, `*y.jpg`) as uint8 (H, W, 2)."""
-    files = frame_io.list_frame_files(folder)
-    xs = [f for f in files if f.stem.endswith("x")]
-    if not xs:
-        raise frame_io.FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
-    for fx in xs:
-        fy = fx.with_name(fx.stem[:-1] + "y" + fx.suffix)
-        pair = np.stack([frame_io.read_image(fx, gray=True), frame_io.read_image(fy, gray=True)], axis=-1)
+    for pair in frame_io.flow_folder_frames(folder)[1]:
         yield frame_io.center_crop(frame_io.resize_smaller_side(pair, resize), crop)
 
 
