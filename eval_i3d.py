@@ -175,7 +175,7 @@ def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_fr
     logits upsampled to the frames. return_logits gives the upsampled logits instead.
     An InceptionI3d is first copied with for_inference('fp32') (pass one from
     inference_model to avoid the copy per video). pool: threads that decode ahead."""
-    from extract_features import stream_features
+    from extract_features import stream_logits
 
     device = torch.device(device)
     model = inference_model(model, device)
@@ -184,15 +184,10 @@ def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_fr
     else:
         src = VideoSource(key=vid, layout="charades", path=str(root), vid=vid)
         frames_fn = lambda: open_video(src, mode, resize, crop)[2]  # noqa: E731
-    feats = stream_features(model, frames_fn, device, total=num_frames)  # (T', 1024, h, w)
-    head = getattr(model.logits, "conv3d", model.logits)  # InceptionI3d's Unit3D, or the fast conv
-    p = next(head.parameters())
-    with torch.inference_mode():
-        x = feats.permute(1, 0, 2, 3)[None].to(device=p.device, dtype=p.dtype)  # (1, 1024, T', h, w)
-        logits = head(x).float().mean(dim=(3, 4))[0]  # (C, T'), the mean over space as forward()
-        frame_logits = upsample_logits(logits, num_frames)
-        out = frame_logits if return_logits else torch.sigmoid(frame_logits)
-    return out.cpu().numpy().astype(np.float32, copy=False)
+    logits = stream_logits(model, frames_fn, device, total=num_frames)  # (C, T')
+    frame_logits = upsample_logits(logits, num_frames)
+    out = frame_logits if return_logits else torch.sigmoid(frame_logits)
+    return out.numpy().astype(np.float32, copy=False)
 
 
 def resample_frames(values: np.ndarray, num_frames: int) -> np.ndarray:

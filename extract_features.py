@@ -348,6 +348,18 @@ def stream_features(model: torch.nn.Module, frames: Iterable[np.ndarray] | Calla
             cleanup()
 
 
+def stream_logits(model: torch.nn.Module, frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+                  device: torch.device | str = "cpu", total: int | None = None) -> torch.Tensor:
+    """Per-time logits (C, T') of a whole frame stream, exactly as forward() of the whole video:
+    the model's logits layer (a 1x1x1 conv) on stream_features, then the mean over space."""
+    feats = stream_features(model, frames, device, total=total)  # (T', 1024, h, w)
+    head = getattr(model.logits, "conv3d", model.logits)  # InceptionI3d's Unit3D, or the fast model's conv
+    p = next(head.parameters())
+    with torch.inference_mode():
+        x = feats.permute(1, 0, 2, 3)[None].to(device=p.device, dtype=p.dtype)  # (1, 1024, T', h, w)
+        return head(x).float().mean(dim=(3, 4))[0].cpu()
+
+
 # ----------------------------------------------------------------------------------------------
 # Which videos, and where their outputs go
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import frame_io
 from cli import UserError, run_main, select_device, setup_logging
@@ -70,16 +69,9 @@ def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarra
                  device: torch.device) -> torch.Tensor:
     """Time-averaged logits (num_classes,) of a whole frame stream (`frames` returns a fresh
     iterator; `total` is the expected frame count, used to align the streamed windows)."""
-    from extract_features import stream_features
+    from extract_features import stream_logits
 
-    feats = stream_features(model, frames, device=device, total=total)  # (T', 1024, h, w)
-    # The logits layer is a 1x1x1 convolution, i.e. linear: the logits of the mean pooled
-    # feature are the mean over time (and space) of the per-time logits.
-    mean_feat = feats.mean(dim=(0, 2, 3))
-    conv = getattr(model.logits, "conv3d", model.logits)
-    x = mean_feat.view(1, -1, 1, 1, 1).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.inference_mode():
-        return F.conv3d(x, conv.weight, conv.bias).flatten().float().cpu()
+    return stream_logits(model, frames, device, total=total).mean(dim=1)
 
 
 def frame_count(source: Path) -> int | None:
