@@ -44,6 +44,19 @@ def run_script(args, **kw):
                           env=env, timeout=300, **kw)
 
 
+def signal_when_file_appears(args, path: Path, sig: int) -> subprocess.Popen:
+    """Start train_i3d.py in a subprocess and send it `sig` as soon as `path` exists."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before {path.name} appeared"
+    proc.send_signal(sig)
+    return proc
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -108,15 +121,8 @@ def test_uninterrupted_run_writes_checkpoints_and_log(full_run):
 
 def test_resume_after_sigkill_gives_identical_weights(tiny, full_run, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "2")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
     ckpt = tmp_path / "m_last.ckpt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    proc = signal_when_file_appears(args, ckpt, signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert killed_at < 6 and not (tmp_path / "m_000006.pt").exists()
@@ -136,15 +142,7 @@ def test_resume_after_sigkill_gives_identical_weights(tiny, full_run, tmp_path):
 
 def test_sigterm_stops_after_a_step_with_a_checkpoint(tiny, full_run, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "100")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([PY, str(ROOT / "train_i3d.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    log_csv = tmp_path / "m_log.csv"
-    deadline = time.time() + 240
-    while not log_csv.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before the signal"
-    proc.send_signal(signal.SIGTERM)
+    proc = signal_when_file_appears(args, tmp_path / "m_log.csv", signal.SIGTERM)
     assert proc.wait(timeout=240) == 0
     state = torch.load(tmp_path / "m_last.ckpt", weights_only=True)
     assert 1 <= state["step"] < 6 and (tmp_path / f"m_{state['step']:06d}.pt").is_file()
