@@ -1,12 +1,13 @@
 # `make demo`: everything from a fresh clone to I3D classifying real videos.
-# `make test`: the whole test suite.
+# `make test`: the whole test suite; `make test-fast`: all but the tests marked slow (under a minute).
+# `make gpu-check`: every CUDA path against the CPU, then benchmark.py on the GPU (one line and exit 0 without CUDA).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLES := data/samples
 
-.PHONY: demo test venv weights samples benchmark clean
+.PHONY: demo test test-fast gpu-check venv weights samples benchmark clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,12 @@ demo: weights samples
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+gpu-check: weights samples
+	$(PY) tests/gpu_check.py
 
 benchmark: weights
 	$(PY) benchmark.py

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from cli import UserError, run_main, select_device, setup_logging
-from pytorch_i3d import InceptionI3d, resolve_precision
+from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, resolve_precision
 
 log = logging.getLogger("benchmark")
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -94,12 +94,22 @@ def _model_and_input(args: argparse.Namespace, device: torch.device) -> tuple[In
     return model.to(device).eval(), clip.to(device), source
 
 
+def _runs(precision: str, device: torch.device) -> bool:
+    """Whether the device computes `precision` (bf16 rows are left out on CPUs without it)."""
+    try:
+        check_precision(precision, device)
+        return True
+    except PrecisionError as e:
+        log.info("model: no %s rows: %s", precision, e)
+        return False
+
+
 def benchmark_model(args: argparse.Namespace) -> list[dict]:
     """Plain eager InceptionI3d (fp32) against for_inference() in fp32, bf16 (and fp16 on CUDA),
     for forward (per-time logits) and extract_features; seconds per (1, 3, T, S, S) clip."""
     device = select_device(args.device)
     model, clip, source = _model_and_input(args, device)
-    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    precisions = [p for p in ("fp32", "bf16", "fp16") if _runs(p, device) and (p != "fp16" or device.type == "cuda")]
     fast = {p: model.for_inference(p, device=device) for p in precisions}
     log.info("model: clip %s on %s, %d threads, weights: %s, auto precision = %s", tuple(clip.shape), device,
              torch.get_num_threads(), source, resolve_precision("auto", device))

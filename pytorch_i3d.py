@@ -271,27 +271,62 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays."""
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 pays."""
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has bf16 convolutions on this CPU (AVX-512 BW+VL+DQ or AVX-NE-CONVERT).
+    Without them PyTorch's bf16 CPU convolutions fail or fall back to a reference kernel that is
+    many times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        flags = _cpu_flags()
+        return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
+
+
+class PrecisionError(ValueError):
+    """A precision this device cannot compute (reported as one line by the scripts)."""
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Raise PrecisionError where `precision` ('fp32', 'bf16', 'fp16') cannot run on `device`."""
+    device = torch.device(device)
+    # fp16 on CPU runs everywhere (F.conv3d), only slowly: it is meant for CUDA.
+    if device.type == "cpu" and precision == "bf16" and not cpu_supports_bf16():
+        raise PrecisionError(f"bf16 is not supported by this CPU (oneDNN needs AVX-512 BW/VL/DQ or "
+                             f"AVX-NE-CONVERT; this one has {torch.backends.cpu.get_cpu_capability()}): use fp32")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise PrecisionError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}: use fp16 or fp32")
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """'auto' -> the fastest precision that keeps I3D's predictions on this device:
-    bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
+    bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32.
+    An explicit precision is checked against the device (PrecisionError where it cannot run)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
     device = torch.device(device)
+    if precision != "auto":
+        check_precision(precision, device)
+        return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and cpu_has_native_bf16() and cpu_supports_bf16():
         return "bf16"
     return "fp32"
 
@@ -315,10 +350,14 @@ def _fold_unit(unit: Unit3D) -> nn.Conv3d:
     return folded
 
 
+# fp16 stays on F.conv3d on CPU (oneDNN's fp16 3D convolutions are not faster there).
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _conv3d(x: torch.Tensor, conv: nn.Conv3d, padding: tuple[int, int, int]) -> torch.Tensor:
     """conv(x) with symmetric padding; on CPU straight to oneDNN, which keeps channels-last and
     is fast for every I3D layer (F.conv3d falls back to a slow kernel for small channel counts)."""
-    if x.device.type == "cpu" and x.dtype != torch.float16 and torch.backends.mkldnn.is_available():
+    if x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and torch.backends.mkldnn.is_available():
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, conv.stride, (1, 1, 1), 1)
     return F.conv3d(x, conv.weight, conv.bias, conv.stride, padding)
 

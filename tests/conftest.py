@@ -13,6 +13,22 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 CACHE = ROOT / ".cache"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: over a few seconds on 2 cores (make test-fast leaves these out)")
+    config.addinivalue_line("markers", "bf16: needs bf16 convolutions on the CPU (skipped where it has none)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from pytorch_i3d import cpu_supports_bf16
+
+    if cpu_supports_bf16():
+        return
+    skip = pytest.mark.skip(reason="this CPU has no oneDNN bf16 (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
+    for item in items:
+        if "bf16" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     import samples

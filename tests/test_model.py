@@ -341,6 +341,7 @@ def test_max_pool_without_padded_copy_is_same_padding():
             assert torch.equal(fast(x), pool(x)), (k, s, n)
 
 
+@pytest.mark.bf16
 def test_bf16_keeps_predictions_with_random_bn_stats():
     torch.manual_seed(1)
     m = random_bn_stats(InceptionI3d(), seed=1)
@@ -356,6 +357,7 @@ def test_bf16_keeps_predictions_with_random_bn_stats():
     assert torch.equal(out.mean(2).argmax(1), ref.mean(2).argmax(1))
 
 
+@pytest.mark.bf16
 def test_bf16_keeps_predictions_with_real_weights(rgb_scratch_weights, sample_videos):
     """DeepMind's rgb_scratch Kinetics weights on 32 frames of a real video."""
     import frame_io
@@ -385,19 +387,30 @@ def test_fp16_runs_and_keeps_the_output_close(model):
 
 def test_precision_resolution(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: True)
     for p in ("fp32", "bf16", "fp16"):
         assert resolve_precision(p, cpu) == p and resolve_precision(p, cuda) == p
+    monkeypatch.undo()
     native = pytorch_i3d.cpu_has_native_bf16()
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     monkeypatch.setattr(pytorch_i3d, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(pytorch_i3d, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", cuda) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", cuda) == "fp16"
     assert InceptionI3d(final_endpoint="Conv3d_1a_7x7").for_inference("auto").precision == "bf16"
+
+
+def test_bf16_refused_with_one_line_where_the_cpu_lacks_it(monkeypatch):
+    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(pytorch_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU .*: use fp32$"):
+        InceptionI3d(final_endpoint="Conv3d_1a_7x7").for_inference("bf16")
+    assert resolve_precision("auto", "cpu") == "fp32"  # auto never picks what cannot run
 
 
 def test_bad_precision_raises_value_error():
@@ -419,14 +432,15 @@ def test_benchmark_model_section_rows(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["row"]: r for r in result["rows"]}
+    bf16 = ("for_inference bf16",) if pytorch_i3d.cpu_supports_bf16() else ()
     assert set(rows) == {f"{m} {p}" for m in ("forward", "extract_features")
-                         for p in ("eager fp32", "for_inference fp32", "for_inference bf16")}
+                         for p in ("eager fp32", "for_inference fp32", *bf16)}
     for r in rows.values():
         assert r["section"] == "model" and r["unit"] == "s" and r["value"] > 0
         assert r["baseline_value"] == rows[r["baseline_row"]]["value"]
     assert "top-1 same" in rows["forward for_inference fp32"]["note"]
     table = benchmark.format_table(result["rows"])
-    assert "baseline" in table and "forward for_inference bf16" in table
+    assert "baseline" in table and "forward for_inference fp32" in table
     assert benchmark.ratio({"unit": "s", "value": 1.0, "baseline_value": 3.0}) == 3.0
     assert benchmark.ratio({"unit": "frames/s", "value": 30.0, "baseline_value": 10.0}) == 3.0
     with pytest.raises(UserError, match="unknown section"):

@@ -19,7 +19,7 @@ from cli import UserError
 from conftest import CACHE, ROOT
 from pytorch_i3d import InceptionI3d
 
-SHARED = weights.shared_dir()
+TF_INDEX_DIR = Path(__file__).resolve().parent / "data" / "kinetics-i3d"  # DeepMind's real index files
 DATA_NAME = "model.ckpt.data-00000-of-00001"
 
 
@@ -40,7 +40,7 @@ def deepmind_server(tmp_path_factory, jax_tensors) -> Path:
     root = tmp_path_factory.mktemp("deepmind")
     ckpt = root / "rgb_scratch"
     ckpt.mkdir()
-    index = SHARED / "rgb_scratch.ckpt.index"
+    index = TF_INDEX_DIR / "rgb_scratch.ckpt.index"
     _, entries = weights.read_tf_index(index)
     shard = bytearray(max(e.offset + e.size for e in entries.values()))
     for name, e in entries.items():
@@ -156,7 +156,7 @@ def test_tf_converter_detects_corrupt_tensor(deepmind_server, tmp_path):
 @pytest.mark.parametrize("name", ["rgb_imagenet", "flow_imagenet", "rgb_scratch", "flow_scratch",
                                   "rgb_scratch_kin600"])
 def test_every_variable_of_real_index_maps_onto_model(name):
-    _, entries = weights.read_tf_index(SHARED / f"{name}.ckpt.index")
+    _, entries = weights.read_tf_index(TF_INDEX_DIR / f"{name}.ckpt.index")
     skipped = [n for n in entries if weights.canonical_tf_name(n) is None]
     assert all(n.endswith("/Momentum") for n in skipped)
     assert len(skipped) == (116 if name == "rgb_scratch_kin600" else 0)
@@ -171,7 +171,7 @@ def test_every_variable_of_real_index_maps_onto_model(name):
 
 
 def test_leftover_variable_is_an_error():
-    _, entries = weights.read_tf_index(SHARED / "flow_scratch.ckpt.index")
+    _, entries = weights.read_tf_index(TF_INDEX_DIR / "flow_scratch.ckpt.index")
     fake = {weights.canonical_tf_name(n): np.zeros(e.shape, np.float32) for n, e in entries.items()}
     fake["Mixed_9z/conv_3d/w"] = np.zeros(1, np.float32)
     with pytest.raises(UserError, match="not mapped"):
