@@ -58,7 +58,8 @@ COMPARED = ("weights_sha256", "frames", "resize", "size", "rescale", "features",
 def _tf1_axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TF1 resize_bilinear's source taps on one axis: src = dst * in / out (no half-pixel
     offset), low = floor(src), high = min(low + 1, in - 1), weight = src - low."""
-    src = torch.arange(n_out, dtype=torch.float32) * (n_in / n_out)
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out  # float32 division, as TF's kernel
+    src = torch.arange(n_out, dtype=torch.float32) * scale
     low = src.floor().long().clamp(max=n_in - 1)
     high = (low + 1).clamp(max=n_in - 1)
     return low, high, src - low.float()
