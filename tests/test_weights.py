@@ -139,7 +139,7 @@ def test_tf_converter_gives_identical_state_dict(deepmind_server, rgb_scratch_we
 
 
 def test_numpy_crc_fallback_checks_the_real_shard(deepmind_server, monkeypatch):
-    monkeypatch.setattr(weights, "_google_crc32c", None)  # as on a machine without google-crc32c
+    monkeypatch.setattr(tf_checkpoint, "_google_crc32c", None)  # as on a machine without google-crc32c
     tensors = tf_checkpoint.read_tf_checkpoint(deepmind_server / "rgb_scratch" / "model.ckpt.index")
     assert len(tensors) == 230
 
