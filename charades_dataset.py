@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 import frame_io
 from cli import UserError
 
-log = logging.getLogger("charades_dataset")
+log = logging.getLogger(__name__)
 
 SUBSETS = ("training", "testing")
 NUM_CLASSES = 157
@@ -171,7 +171,7 @@ def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str
                     len(missing), len(missing) + len(items), subset, mode, root, missing[0])
     if not items:
         raise UserError(f"{root}: none of the split's {len(missing)} {subset} videos has {mode} frames there "
-                        f"(expected {root}/VID/VID-000001{'x' if mode == 'flow' else ''}.jpg)")
+                        f"(expected {frame_io.charades_frame_path(root, 'VID', 1, 'x' if mode == 'flow' else '')})")
     return items
 
 

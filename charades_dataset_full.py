@@ -49,7 +49,7 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         total = frame_io.count_charades_frames(src.path, src.vid, mode)
         if total == 0:
             raise frame_io.FrameError(f"{Path(src.path) / src.vid}: no frames "
-                                      f"({src.vid}-000001{'x' if mode == 'flow' else ''}.jpg missing)")
+                                      f"({frame_io.charades_frame_name(src.vid, 1, 'x' if mode == 'flow' else '')} missing)")
 
         def gen() -> Iterator[np.ndarray]:
             # Through load_charades_frames in small runs, the one Charades frame loader.

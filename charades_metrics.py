@@ -182,7 +182,7 @@ def list_videos(annotations: dict[str, VideoAnnotation], subset: str, roots: Seq
         log.warning("%d of %d %s videos have no frames under %s (e.g. %s); skipped", len(missing), len(vids),
                     subset, " / ".join(str(r) for _, r in roots), missing[0])
     if not out:
-        where = ", ".join(f"{r}/VID/VID-000001{'x' if m == 'flow' else ''}.jpg" for m, r in roots)
+        where = ", ".join(str(frame_io.charades_frame_path(r, "VID", 1, "x" if m == "flow" else "")) for m, r in roots)
         raise UserError(f"none of the split's {len(vids)} {subset} videos has frames there (expected {where})")
     return out[:max_videos] if max_videos else out
 
