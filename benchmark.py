@@ -9,12 +9,11 @@ ratio against the section's baseline row. The paths of a section are timed round
 (A, B, C, A, B, C, ...) so that load from other processes hits them all alike. Threads are
 PyTorch's default (torch.get_num_threads()).
 
-Sections: `model` (here: the plain eager InceptionI3d against for_inference() in each
-precision), and `loading`, `train`, `extract`, `flow`, each provided by its own module
-(charades_dataset.benchmark_loading, train_i3d.benchmark_train_step,
-extract_features.benchmark_extraction, dense_flow.benchmark_flow) as a function
+Sections: `model` (the plain eager InceptionI3d against for_inference() in each precision),
+`loading` (benchmark_loading), `train` (benchmark_train_step), `extract`
+(benchmark_extraction) and `flow` (benchmark_dense_flow, from benchmark_flow), each a function
 f(args) -> list of row dicts {"section", "row", "unit", "value", "baseline_row",
-"baseline_value"} (optionally "note"). A section whose module is missing is reported and skipped.
+"baseline_value"} (optionally "note"). All benchmark code lives in this file.
 
 Speed does not depend on the weights, so the model section uses random-init weights; when
 models/rgb_scratch.pt exists it is loaded instead, and the cosine / top-1 columns then compare
@@ -23,33 +22,36 @@ real predictions of the fast paths with the plain model.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+import frame_io
+import fvd
+from charades_dataset import NUM_CLASSES, VideoItem, load_clip
+from charades_dataset_full import StreamingVideoDataset, VideoSource
 from cli import UserError, run_main, select_device, setup_logging
-from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, resolve_precision
+from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
+from streaming import TemporalChunker, make_runner, temporal_geometry
+from synthetic_charades import calibrated_random_i3d, synthetic_pair
+from train_i3d import autocast_for, charades_losses
+from tvl1 import _compile_works, end_point_error, tvl1_torch
+from weights import MODELS_DIR, load_model
 
-log = logging.getLogger("benchmark")
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+log = logging.getLogger(__name__)
 REAL_WEIGHTS = MODELS_DIR / "rgb_scratch.pt"
-
-# section -> (module, function) of the sections other modules provide
-EXTERNAL_SECTIONS = {
-    "loading": ("charades_dataset", "benchmark_loading"),
-    "train": ("train_i3d", "benchmark_train_step"),
-    "extract": ("extract_features", "benchmark_extraction"),
-    "flow": ("benchmark", "benchmark_dense_flow"),
-}
-SECTIONS = ("model", *EXTERNAL_SECTIONS)
+SAMPLE_VIDEO = Path(__file__).resolve().parent / "data" / "samples" / "bikes.mp4"  # make samples
+SECTIONS = ("model", "loading", "train", "extract", "flow", "fvd")
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,7 +86,6 @@ def ratio(row: dict) -> float:
 
 def _model_and_input(args: argparse.Namespace, device: torch.device) -> tuple[InceptionI3d, torch.Tensor, str]:
     if REAL_WEIGHTS.is_file() and not getattr(args, "random_weights", False):
-        from weights import load_model
         model, source = load_model(REAL_WEIGHTS, mode="rgb"), REAL_WEIGHTS.name
     else:
         torch.manual_seed(0)
@@ -147,15 +148,13 @@ def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
     """Frame pairs/s at 340x256: our TV-L1 (one thread, as each dense_flow.py worker runs it)
     against OpenCV's TV-L1 with its default threads, on the same pairs in the same run: real
     consecutive frames of the sample video (when present; `make samples`), then synthetic pairs
-    with known flow, whose end-point errors are reported too (dense_flow.benchmark_flow)."""
-    import dense_flow
-
+    with known flow, whose end-point errors are reported too (benchmark_flow)."""
     rows = []
-    for video in (dense_flow.SAMPLE_VIDEO, None):
+    for video in (SAMPLE_VIDEO, None):
         if video is not None and not video.is_file():
             continue
-        r = dense_flow.benchmark_flow(size=(340, 256), pairs=8, device=args.device, video=video,
-                                      repeat=max(1, min(args.repeat, 3)))
+        r = benchmark_flow(size=(340, 256), pairs=8, device=args.device, video=video,
+                           repeat=max(1, min(args.repeat, 3)))
         base = f"OpenCV TV-L1 ({r['opencv_threads']} threads), {r['source'].split(':')[0]}"
         ours = (f"ours TV-L1 ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
                 f"{'compiled' if r['compiled'] else 'eager'}, {r['device']}), {r['source'].split(':')[0]}")
@@ -170,14 +169,9 @@ def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:
     """(rows, None) or ([], why the section did not run)."""
-    if name == "model":
-        return benchmark_model(args), None
-    module_name, func_name = EXTERNAL_SECTIONS[name]
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as e:
-        return [], f"skipped: {module_name}.{func_name} not available ({e.__class__.__name__})"
-    return func(args), None
+    funcs = {"model": benchmark_model, "loading": benchmark_loading, "train": benchmark_train_step,
+             "extract": benchmark_extraction, "flow": benchmark_dense_flow, "fvd": benchmark_fvd}
+    return funcs[name](args), None
 
 
 def format_table(rows: list[dict]) -> str:
@@ -246,6 +240,337 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _bench_arg(args, name: str, default):
+    value = getattr(args, name, None) if args is not None else None
+    return default if value is None else value
+
+
+def benchmark_extraction(args: argparse.Namespace | None = None) -> list[dict]:
+    """frames/s extracting one video from JPEG frames: a loop like the original script
+    (cv2.imread, float64 (img/255)*2-1, eager model on the whole video) against ours (decode
+    workers, uint8 until the device, for_inference), in the same run on the same frames, after
+    the same short warm-up, timed round-robin. Reads from args (all optional; benchmark.py's
+    --frames/--size are its model clip and are not used here): extract_frames (500),
+    extract_height (256), extract_width (340), extract_repeat (1), device ('auto'),
+    random_weights (False: models/rgb_scratch.pt when present), workers (2). Each row's note
+    gives the max abs difference of its features to the original-style ones."""
+    n = _bench_arg(args, "extract_frames", 500)
+    h, w = _bench_arg(args, "extract_height", 256), _bench_arg(args, "extract_width", 340)
+    resize, crop = _bench_arg(args, "extract_resize", None), _bench_arg(args, "extract_crop", 224)
+    repeat, workers = _bench_arg(args, "extract_repeat", 1), _bench_arg(args, "workers", 2)
+    device = select_device(_bench_arg(args, "device", "auto"))
+    real = MODELS_DIR / "rgb_scratch.pt"
+    if real.is_file() and not _bench_arg(args, "random_weights", False):
+        model = load_model(real, mode="rgb", device=device)
+    else:
+        model = calibrated_random_i3d().to(device)
+    rows: list[dict] = []
+    section, unit = "extract", "frames/s"
+    base_row = "original-style loop (imread, float64 [-1,1], eager fp32, whole video)"
+    with tempfile.TemporaryDirectory() as tmp:
+        root, vid = Path(tmp), "BENCH"
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:h, 0:w]
+        (root / vid).mkdir()
+        for i in range(1, n + 1):  # moving gradients plus noise: JPEGs of a realistic size
+            img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1)
+            img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+            frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
+
+        def original_style(count: int) -> np.ndarray:
+            frames = []
+            for i in range(1, count + 1):
+                img = cv2.imread(str(frame_io.charades_frame_path(root, vid, i)))[:, :, [2, 1, 0]]
+                ih, iw = img.shape[:2]
+                if resize is None and min(ih, iw) < 226:
+                    d = 226.0 - min(ih, iw)
+                    sc = 1 + d / min(ih, iw)
+                    img = cv2.resize(img, dsize=(0, 0), fx=sc, fy=sc)
+                elif resize:
+                    img = frame_io.resize_smaller_side(img, resize)
+                frames.append((img / 255.0) * 2 - 1)
+            arr = np.asarray(frames, dtype=np.float32)
+            arr = frame_io.center_crop(arr, crop)
+            x = torch.from_numpy(arr.transpose([3, 0, 1, 2]))[None].to(device)
+            with torch.no_grad():
+                return model.extract_features(x).squeeze(0).permute(1, 2, 3, 0).cpu().numpy()
+
+        def ours(count: int, precision: str) -> np.ndarray:
+            fast = model.for_inference(precision=precision, device=device)
+            src = VideoSource(key=vid, layout="charades", path=str(root), vid=vid)
+            dataset = StreamingVideoDataset([src], mode="rgb", resize=resize, crop=crop)
+            stride, left, right = temporal_geometry()
+            chunker = TemporalChunker(make_runner(fast, device), stride, left, right, 512, count)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                                 pin_memory=device.type == "cuda",
+                                                 prefetch_factor=4 if workers else None)
+            for item in loader:
+                if item["error"]:
+                    raise frame_io.FrameError(item["error"])
+                chunker.push(item["frames"].numpy())
+            return chunker.finish()[0].numpy()
+
+        paths = {"fp32": "ours, fp32 (default; for_inference, uint8 until the model, decode workers)",
+                 "bf16": "ours, bf16 (opt-in --precision bf16)"}
+        fns = {base_row: lambda: original_style(n)}
+        fns.update({label: (lambda p=p: ours(n, p)) for p, label in paths.items()})
+        original_style(min(n, 16))  # the same short warm-up for every path
+        for p in paths:
+            ours(min(n, 16), p)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        outputs: dict[str, np.ndarray] = {}
+        for _ in range(repeat):  # round-robin, so load from other processes hits all alike
+            for label, fn in fns.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                outputs[label] = fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[label].append(time.perf_counter() - t0)
+        ref = outputs[base_row]
+        base_fps = n / float(np.median(times[base_row]))
+        for label in fns:
+            fps = n / float(np.median(times[label]))
+            out = outputs[label]
+            diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
+            # fp32 must agree to 1e-4 (relative to the features' scale where it exceeds 1).
+            if label == paths["fp32"] and not diff <= 1e-4 * max(1.0, float(np.abs(ref).max())):
+                raise AssertionError(f"fp32 extraction differs from the original-style output by {diff}")
+            rows.append({"section": section, "row": label, "unit": unit, "value": fps, "baseline_row": base_row,
+                         "baseline_value": base_fps,
+                         "note": f"{n} frames {h}x{w} JPEG, max abs diff {diff:.1e}"})
+            log.info("%s: %.2f frames/s (x%.2f), max abs diff %.2e", label, fps, fps / base_fps, diff)
+    return rows
+
+
+
+
+def benchmark_pairs(size: tuple[int, int] = (340, 256), pairs: int = 8,
+                    video: str | Path | None = SAMPLE_VIDEO) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The benchmark's frames: (pairs + 1, h, w) uint8 gray, consecutive frames of `video`
+    resized to exactly size (w, h), when that video can be read; else `pairs` synthetic pairs
+    (2 * pairs frames, pair k = frames 2k, 2k+1) with their true flow. Returns (frames, gt or
+    None, description). Real content matters: early stopping runs far more iterations on it."""
+    w, h = size
+    if video is not None and Path(video).is_file():
+        frames = []
+        try:
+            for f in frame_io.iter_frames(video):
+                frames.append(cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY))
+                if len(frames) == pairs + 1:
+                    break
+        except frame_io.FrameError as e:
+            log.warning("%s; using synthetic pairs", e)
+        if len(frames) == pairs + 1:
+            return np.stack(frames), None, f"real: {Path(video).name}, {pairs} consecutive pairs"
+    kinds = ("translation", "rotation", "patch")
+    data = [synthetic_pair(h, w, kinds[i % 3], seed=i) for i in range(pairs)]
+    frames = np.stack([f for d in data for f in d[:2]])
+    return frames, np.stack([d[2] for d in data]), f"synthetic: {pairs} pairs (translation, rotation, patch)"
+
+
+def benchmark_flow(size: tuple[int, int] = (340, 256), pairs: int = 8, device: str = "auto", batch: int | None = None,
+                   threads: int | None = None, compile_step: bool | None = None, reference: bool = True,
+                   video: str | Path | None = SAMPLE_VIDEO, repeat: int = 1) -> dict:
+    """Frame pairs per second of our TV-L1 against OpenCV's TV-L1 (cv2.optflow defaults) on the
+    same pairs (size is width x height), timed back to back in this process, alternating
+    `repeat` times (medians reported, so outside load hits both alike). By default (threads
+    None) OpenCV gets its own default, all cores, and ours ONE thread, as each process of the
+    CLI's `--workers N` (N = cores) runs it: 1 thread per pair stream scales by adding workers,
+    whereas 2 OpenMP threads on a shared 2-core machine lose ~5-10x whenever another process
+    holds a core (each fused kernel waits at a barrier). `threads` gives both that count. Ours
+    is torch.compile'd when a compiler works, in batches of `batch` pairs. Pairs are
+    real consecutive frames of the sample video when it is there (see benchmark_pairs), else
+    synthetic ones, whose end-point errors against the known flow are reported too. The
+    compile / warm-up run is not timed (its seconds are reported as warmup_s)."""
+    dev = select_device(device)
+    ours_threads = threads or 1
+    cv_threads = threads or cv2.getNumberOfCPUs()
+    saved_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(ours_threads)
+    cv2.setNumThreads(cv_threads)
+    try:
+        return _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, ours_threads, cv_threads)
+    finally:
+        torch.set_num_threads(saved_threads[0])
+        cv2.setNumThreads(saved_threads[1])
+
+
+def _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, ours_threads, cv_threads) -> dict:
+    w, h = size
+    frames, gt, source = benchmark_pairs(size, pairs, video)
+    first = np.arange(pairs) if gt is None else np.arange(0, 2 * pairs, 2)  # pair k: frames first[k], first[k] + 1
+    second = first + 1
+    i0 = torch.from_numpy(frames[first]).float()[:, None].to(dev)
+    i1 = torch.from_numpy(frames[second]).float()[:, None].to(dev)
+    batch = batch or pairs
+    if compile_step is None:
+        compile_step = _compile_works(dev)
+
+    def ours() -> np.ndarray:
+        out = [tvl1_torch(i0[k:k + batch], i1[k:k + batch], compile_step=compile_step) for k in range(0, pairs, batch)]
+        return torch.cat(out).permute(0, 2, 3, 1).cpu().numpy()
+
+    algo = cv2.optflow.DualTVL1OpticalFlow_create()
+
+    def opencv() -> np.ndarray:
+        return np.stack([algo.calc(frames[a], frames[b], None) for a, b in zip(first, second)])
+
+    def timed(fn):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = fn()
+        return res, time.perf_counter() - t
+
+    t = time.perf_counter()
+    tvl1_torch(i0[:1], i1[:1], compile_step=compile_step)  # warm-up (and compile), not timed
+    if dev.type != "cpu" and min(batch, pairs) > 1:  # batches are solved whole on CUDA
+        tvl1_torch(i0[:2], i1[:2], compile_step=compile_step)
+    warmup_s = time.perf_counter() - t
+    ours_t, ref_t = [], []
+    for _ in range(max(1, repeat)):
+        flow, dt = timed(ours)
+        ours_t.append(dt)
+        if reference:
+            ref, dt = timed(opencv)
+            ref_t.append(dt)
+    ours_s = float(np.median(ours_t))
+    result = dict(source=source, size=f"{w}x{h}", pairs=pairs, batch=batch, device=str(dev), threads=ours_threads,
+                  opencv_threads=cv_threads,
+                  compiled=compile_step, warmup_s=round(warmup_s, 2), repeat=len(ours_t),
+                  tvl1_pairs_per_s=pairs / ours_s,
+                  tvl1_epe=end_point_error(flow, gt, 4) if gt is not None else None)
+    if reference:
+        ref_s = float(np.median(ref_t))
+        result.update(opencv_tvl1_pairs_per_s=pairs / ref_s,
+                      opencv_tvl1_epe=end_point_error(ref, gt, 4) if gt is not None else None,
+                      speedup=ref_s / ours_s, mean_diff_to_opencv=end_point_error(flow, ref))
+    return result
+
+
+def benchmark_train_step(args=None) -> list[dict]:
+    """Clips/s of one training step (forward, loss, backward, SGD step) on a random (B, 3, T, S, S)
+    clip: plain fp32 eager against channels_last_3d, and bf16 autocast (CPU with native bf16) or
+    fp16 AMP + cudnn.benchmark (CUDA), measured round-robin in the same run. Every step of every
+    path uses the same dropout seed, so the first-step losses (in each row's note) compare the
+    precisions. On CPU the clip is at most 16 frames (a step of 64 would take ~10 s here)."""
+    device = select_device(getattr(args, "device", "auto") or "auto")
+    frames = int(getattr(args, "train_frames", None) or getattr(args, "frames", 64) or 64)
+    if device.type == "cpu":
+        frames = min(frames, 16)
+    size = int(getattr(args, "size", 224) or 224)
+    batch = int(getattr(args, "train_batch", None) or (8 if device.type == "cuda" else 1))
+    repeat = int(getattr(args, "repeat", 3) or 3)
+    gen = torch.Generator().manual_seed(0)
+    clip = (torch.rand((batch, 3, frames, size, size), generator=gen) * 2 - 1).to(device)
+    labels = (torch.rand((batch, 157, frames), generator=gen) < 0.05).float().to(device)
+
+    def make(channels_last: bool, amp: bool, cudnn_benchmark: bool):
+        torch.manual_seed(0)
+        model = InceptionI3d(num_classes=157).to(device).train()
+        x = clip
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            x = clip.contiguous(memory_format=torch.channels_last_3d)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        losses = []
+
+        def run():
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+            torch.manual_seed(1)  # the same dropout masks for every path
+            with autocast_for(device, amp):
+                out = model(x)
+            loc, cls = charades_losses(out, labels)
+            loss = 0.5 * loc + 0.5 * cls
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        return run, losses
+
+    cuda = device.type == "cuda"
+    base = "fp32 eager (plain)"
+    paths = {base: make(False, False, False)}
+    if cuda:
+        paths["fp32 cudnn.benchmark"] = make(False, False, True)
+    paths["fp32 channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, False, cuda)
+    low = "fp16 AMP" if cuda else "bf16 autocast"
+    if cuda or cpu_has_native_bf16():
+        paths[low + (" cudnn.benchmark" if cuda else "")] = make(False, True, cuda)
+        paths[low + " channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, True, cuda)
+    for fn, _ in paths.values():  # warm-up; its loss is the first-step loss compared below
+        fn()
+    first = {name: losses[0] for name, (_, losses) in paths.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repeat):
+        for name, (fn, _) in paths.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t)
+    torch.backends.cudnn.benchmark = False
+    rate = {name: batch / statistics.median(ts) for name, ts in times.items()}
+    shape = f"({batch}, 3, {frames}, {size}, {size})"
+    return [{"section": "train", "row": f"{name} {shape}", "unit": "clips/s", "value": v,
+             "baseline_row": f"{base} {shape}", "baseline_value": rate[base],
+             "note": f"first-step loss {first[name]:.4f} (fp32 {first[base]:.4f})"} for name, v in rate.items()]
+
+
+def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarray:
+    """A plain loop like the original load_rgb_frames: cv2 per frame, float64 scaling."""
+    frames = []
+    for i in range(start, start + num):
+        img = cv2.imread(str(frame_io.charades_frame_path(root, vid, i)))[:, :, [2, 1, 0]]
+        w, h, c = img.shape
+        if w < 226 or h < 226:
+            d = 226. - min(w, h)
+            sc = 1 + d / min(w, h)
+            img = cv2.resize(img, dsize=(0, 0), fx=sc, fy=sc)
+        img = (img / 255.) * 2 - 1
+        frames.append(img)
+    return np.asarray(frames, dtype=np.float32)
+
+
+def benchmark_loading(args=None) -> list[dict]:
+    """Clips/s loading 64-frame RGB clips from JPEG frames (256x340): ours against the
+    original-style loop, in the same run, checking both give the same pixels."""
+    frames_n = int(getattr(args, "frames", 64) or 64)
+    repeat = int(getattr(args, "repeat", 3) or 3)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "v").mkdir()
+        base = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
+        for i in range(1, frames_n + 1):
+            frame_io.write_image(frame_io.charades_frame_path(root, "v", i), np.roll(base, i, axis=1))
+        item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
+
+        def ours() -> np.ndarray:
+            return frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])
+
+        def original() -> np.ndarray:
+            return _original_style_load(root, "v", 1, frames_n)
+
+        assert np.abs(ours() - original()).max() < 1e-5
+        times = {}
+        for name, fn in (("original-style loop (cv2, float64)", original), ("ours (uint8, float32 at the end)", ours)):
+            runs = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t)
+            times[name] = float(np.median(runs))
+    base_name = "original-style loop (cv2, float64)"
+    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t,
+             "baseline_row": base_name, "baseline_value": 1.0 / times[base_name]} for name, t in times.items()]
+
 
 # ----------------------------------------------------------------------------------------------
 # FVD (fvd.py): throughput against a plain per-video eager loop, and how the common ports differ
@@ -255,13 +580,6 @@ def benchmark_fvd(args: argparse.Namespace) -> list[dict]:
     """Videos/s of fvd.py's path (DataLoader decode workers, for_inference fp32, equal-shape
     batches) against a plain loop (eager InceptionI3d, one video at a time, preprocessing in
     the same process), both on the same N videos of 16 frames 64x64 (.npy, resized to 224)."""
-    import tempfile
-
-    import numpy as np
-
-    import fvd
-    from weights import load_model
-
     device = select_device(args.device)
     n, t = 8, 16
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,24 +614,15 @@ def benchmark_fvd(args: argparse.Namespace) -> list[dict]:
              "value": n / medians["fvd"], "baseline_row": base, "baseline_value": n / medians["plain"], "note": note}]
 
 
-EXTERNAL_SECTIONS["fvd"] = ("benchmark", "benchmark_fvd")
-SECTIONS = (*SECTIONS, "fvd")
-
-
 def fvd_port_table(weights: str | Path = REAL_WEIGHTS, clips: int = 3, frames: int = 16) -> list[tuple[str, float, float, float]]:
     """FVD of the same sets under each choice the common ports make differently: rows of
     (choice, zeros vs 255 at 15 frames, zeros vs 255 at 30 frames, bikes vs bigbuckbunny clips).
     The sample videos (`make samples`) give `clips` clips of `frames` frames each."""
-    import numpy as np
-
-    import fvd
-    from frame_io import read_frames
-
     ext = fvd.Extractor(weights=weights, workers=0, progress=False)
     samples = Path(__file__).resolve().parent / "data" / "samples"
     real = []
     for name in ("bikes.mp4", "bigbuckbunny.mp4"):
-        video = read_frames(samples / name)
+        video = frame_io.read_frames(samples / name)
         starts = np.linspace(0, len(video) - frames, clips).astype(int)
         real.append(np.stack([video[s:s + frames] for s in starts]))
     # one constant video per set (all videos of such a set are equal): its row twice, covariance 0

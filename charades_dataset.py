@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,7 +24,7 @@ from torch.utils.data import Dataset
 import frame_io
 from cli import UserError
 
-log = logging.getLogger("charades_dataset")
+log = logging.getLogger(__name__)
 
 SUBSETS = ("training", "testing")
 NUM_CLASSES = 157
@@ -172,7 +171,7 @@ def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str
                     len(missing), len(missing) + len(items), subset, mode, root, missing[0])
     if not items:
         raise UserError(f"{root}: none of the split's {len(missing)} {subset} videos has {mode} frames there "
-                        f"(expected {root}/VID/VID-000001{'x' if mode == 'flow' else ''}.jpg)")
+                        f"(expected {frame_io.charades_frame_path(root, 'VID', 1, 'x' if mode == 'flow' else '')})")
     return items
 
 
@@ -224,58 +223,3 @@ class Charades(Dataset):
         return torch.from_numpy(clip), torch.from_numpy(np.ascontiguousarray(labels))
 
 
-# ----------------------------------------------------------------------------------------------
-# Speed (benchmark.py's loading row)
-# ----------------------------------------------------------------------------------------------
-
-def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarray:
-    """A plain loop like the original load_rgb_frames: cv2 per frame, float64 scaling."""
-    import cv2
-
-    frames = []
-    for i in range(start, start + num):
-        img = cv2.imread(str(frame_io.charades_frame_path(root, vid, i)))[:, :, [2, 1, 0]]
-        w, h, c = img.shape
-        if w < 226 or h < 226:
-            d = 226. - min(w, h)
-            sc = 1 + d / min(w, h)
-            img = cv2.resize(img, dsize=(0, 0), fx=sc, fy=sc)
-        img = (img / 255.) * 2 - 1
-        frames.append(img)
-    return np.asarray(frames, dtype=np.float32)
-
-
-def benchmark_loading(args=None) -> list[dict]:
-    """Clips/s loading 64-frame RGB clips from JPEG frames (256x340): ours against the
-    original-style loop, in the same run, checking both give the same pixels."""
-    import tempfile
-
-    frames_n = int(getattr(args, "frames", 64) or 64)
-    repeat = int(getattr(args, "repeat", 3) or 3)
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "v").mkdir()
-        base = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
-        for i in range(1, frames_n + 1):
-            frame_io.write_image(frame_io.charades_frame_path(root, "v", i), np.roll(base, i, axis=1))
-        item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
-
-        def ours() -> np.ndarray:
-            return frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])
-
-        def original() -> np.ndarray:
-            return _original_style_load(root, "v", 1, frames_n)
-
-        assert np.abs(ours() - original()).max() < 1e-5
-        times = {}
-        for name, fn in (("original-style loop (cv2, float64)", original), ("ours (uint8, float32 at the end)", ours)):
-            runs = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                fn()
-                runs.append(time.perf_counter() - t)
-            times[name] = float(np.median(runs))
-    base_name = "original-style loop (cv2, float64)"
-    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t,
-             "baseline_row": base_name, "baseline_value": 1.0 / times[base_name]} for name, t in times.items()]

@@ -7,10 +7,13 @@ Frame reading is frame_io's (the same as charades_dataset.py): Charades frame fo
 (root/VID/VID-000001.jpg, flow VID-000001x.jpg / y.jpg), video files, and frame folders.
 
 A video that cannot be read yields one item with `error` set; the others go on.
+
+Which videos: charades_sources (-root / -split) and input_sources (--input files, folders, lists).
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +23,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import frame_io
+from charades_dataset import read_annotations
+from cli import UserError
 
 PIECE_FRAMES = 64  # frames per item: big enough to amortise IPC, small enough to stay bounded
 
@@ -44,7 +49,7 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         total = frame_io.count_charades_frames(src.path, src.vid, mode)
         if total == 0:
             raise frame_io.FrameError(f"{Path(src.path) / src.vid}: no frames "
-                                      f"({src.vid}-000001{'x' if mode == 'flow' else ''}.jpg missing)")
+                                      f"({frame_io.charades_frame_name(src.vid, 1, 'x' if mode == 'flow' else '')} missing)")
 
         def gen() -> Iterator[np.ndarray]:
             # Through load_charades_frames in small runs, the one Charades frame loader.
@@ -123,3 +128,60 @@ class StreamingVideoDataset(IterableDataset):
             for item in iter_pieces(self.sources[i], self.mode, self.resize, self.crop, self.piece_frames):
                 item["index"] = i
                 yield item
+
+
+def charades_sources(root: Path, split: Path | None = None) -> list[VideoSource]:
+    """Charades videos: those of the split file (all subsets, as the original), or every folder
+    under root."""
+    if not root.is_dir():
+        raise UserError(f"{root}: -root is not a folder")
+    if split is not None:
+        vids = sorted(read_annotations(split))
+    else:
+        vids = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not vids:
+        raise UserError(f"{root}: no videos (no sub-folders{' in the split' if split else ''})")
+    return [VideoSource(key=v, layout="charades", path=str(root), vid=v) for v in vids]
+
+
+def input_sources(inputs: list[Path]) -> list[VideoSource]:
+    """Video files and frame folders from --input: files, folders (a folder holding frame
+    images is one video, else its videos and frame folders are searched recursively) and .txt
+    lists (one path per line, relative to the current folder). Keys are the paths relative to
+    the inputs' common folder, suffix dropped, so equal names in different folders stay apart."""
+    paths: list[tuple[Path, str]] = []
+
+    def add(p: Path) -> None:
+        if p.is_file() and p.suffix.lower() == ".txt":
+            for line in p.read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    add(Path(line.strip()))
+        elif p.is_file():
+            paths.append((p, "file"))
+        elif p.is_dir():
+            if any(f.suffix.lower() in frame_io.IMAGE_EXTS for f in p.iterdir()):
+                paths.append((p, "folder"))
+            else:
+                for c in sorted(p.iterdir()):
+                    if c.is_dir() or frame_io.is_video_file(c):
+                        add(c)
+        else:
+            raise UserError(f"{p}: no such video file or folder")
+
+    for p in inputs:
+        add(p)
+    if not paths:
+        raise UserError("no videos found in --input")
+    absolute = [p.resolve() for p, _ in paths]
+    parents = [a.parent for a in absolute]
+    common = Path(os.path.commonpath(parents))
+    out, seen = [], {}
+    for (p, layout), a in zip(paths, absolute):
+        rel = a.relative_to(common)
+        key = (rel.with_suffix("") if layout == "file" else rel).as_posix()
+        if key in seen and seen[key] != a:
+            raise UserError(f"{seen[key]} and {a} would both be saved as {key}; rename one")
+        if key not in seen:
+            seen[key] = a
+            out.append(VideoSource(key=key, layout=layout, path=str(p)))
+    return out

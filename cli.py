@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+from frame_io import FrameError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
@@ -22,6 +25,8 @@ def setup_logging(verbose: bool = False) -> None:
 def select_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available, else cpu; a bare number N (the original -gpu N) -> cuda:N;
     otherwise the named device (checked)."""
+    import torch  # here, so that cli (and the torch-free tf_checkpoint reader) loads without torch
+
     if name.isdigit():
         name = f"cuda:{name}"
     if name == "auto":
@@ -37,8 +42,6 @@ def select_device(name: str = "auto") -> torch.device:
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main(); turn expected failures into one stderr line and an exit status."""
-    from frame_io import FrameError  # late import: cli is imported by everything
-
     prog = os.path.basename(sys.argv[0]) or "i3d"
     try:
         code = main()

@@ -27,6 +27,9 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
 VIDEO_EXTS = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv", ".ogv", ".3gp"}
 
 
+MODE_CHANNELS = {"rgb": 3, "flow": 2}  # channels of a frame (and of a model's input) per stream
+
+
 class FrameError(Exception):
     """A frame or video that cannot be read; the message names the file."""
 
@@ -96,11 +99,28 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[top:top + size, left:left + size]
 
 
-def to_model_range(frames: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1] (x / 255 * 2 - 1), the models' input scaling."""
-    out = frames.astype(np.float32)
+def to_model_range(frames):
+    """uint8 -> float32 in [-1, 1] (x / 255 * 2 - 1), the models' input scaling: a numpy array,
+    or a torch tensor (scaled on its own device; the input is never modified)."""
+    if isinstance(frames, np.ndarray):
+        out = frames.astype(np.float32)
+    else:
+        out = frames.float()
+        if out is frames:  # already float32: do not scale the caller's tensor in place
+            out = out.clone()
     out *= 2.0 / 255.0
     out -= 1.0
+    return out
+
+
+def negate_flow_x(flow, axis: int = -1):
+    """The flow of a horizontally mirrored clip: mirrored motion runs the other way, so the x
+    channel (index 0 on `axis`) changes sign: uint8-encoded x -> 255 - x, float x -> -x. Works on
+    numpy arrays and torch tensors; returns a copy. (The original flipped flow like RGB, leaving
+    x with the wrong sign.)"""
+    out = flow.clone() if hasattr(flow, "clone") else flow.copy()
+    x = (slice(None),) * (axis % out.ndim) + (0,)
+    out[x] = 255 - out[x] if str(out.dtype) in ("uint8", "torch.uint8") else -out[x]
     return out
 
 
@@ -189,9 +209,15 @@ def flow_folder_frames(folder: str | Path) -> tuple[int, Iterator[np.ndarray]]:
     return len(xs), pairs()
 
 
+def charades_frame_name(vid: str, index: int, suffix: str = "") -> str:
+    """VID-000001.jpg for index 1; suffix 'x' or 'y' for the flow frames (the one place this
+    naming is spelled out)."""
+    return f"{vid}-{index:06d}{suffix}.jpg"
+
+
 def charades_frame_path(root: str | Path, vid: str, index: int, suffix: str = "") -> Path:
     """root/VID/VID-000001.jpg for index 1; suffix 'x' or 'y' for the flow frames."""
-    return Path(root) / vid / f"{vid}-{index:06d}{suffix}.jpg"
+    return Path(root) / vid / charades_frame_name(vid, index, suffix)
 
 
 def count_charades_frames(root: str | Path, vid: str, mode: str = "rgb") -> int:
@@ -202,7 +228,7 @@ def count_charades_frames(root: str | Path, vid: str, mode: str = "rgb") -> int:
     suffix = "x" if mode == "flow" else ""
     names = {p.name for p in folder.iterdir()}
     n = 0
-    while f"{vid}-{n + 1:06d}{suffix}.jpg" in names:
+    while charades_frame_name(vid, n + 1, suffix) in names:
         n += 1
     return n
 

@@ -7,6 +7,12 @@ missing), or a path to a .pt file. The model comes back in eval mode.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import weights as weights_mod
+from cli import UserError
+from pytorch_i3d import InceptionI3d
+
 dependencies = ["torch", "numpy"]
 
 
@@ -14,12 +20,6 @@ def i3d(weights: str | None = None, num_classes: int | None = None, in_channels:
         final_endpoint: str = "Logits", models_dir: str | None = None, device: str = "cpu", **kwargs):
     """InceptionI3d. With weights, num_classes/in_channels default to the weights' own; a
     different num_classes gets a new random classifier (for fine-tuning)."""
-    from pathlib import Path
-
-    import weights as weights_mod
-    from cli import UserError
-    from pytorch_i3d import InceptionI3d
-
     if weights is None:
         model = InceptionI3d(num_classes=num_classes or 400, in_channels=in_channels or 3,
                              final_endpoint=final_endpoint, **kwargs)

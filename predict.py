@@ -23,10 +23,13 @@ import numpy as np
 import torch
 
 import frame_io
+import weights as weights_mod
 from cli import UserError, run_main, select_device, setup_logging
 from pytorch_i3d import PRECISIONS
+from streaming import stream_logits
+from tvl1 import compute_flow, flow_to_uint8
 
-log = logging.getLogger("predict")
+log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
@@ -53,15 +56,13 @@ def flow_frames(folder: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
 
 
 def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.device) -> Iterator[np.ndarray]:
-    """TV-L1 flow computed on the fly with dense_flow.py, encoded as its JPEGs would be."""
-    import dense_flow
-
+    """TV-L1 flow computed on the fly (tvl1.py, as dense_flow.py), encoded as its JPEGs would be."""
     gray = frame_io.read_frames(source, resize=resize, gray=True)
     if len(gray) < 2:
         raise frame_io.FrameError(f"{source}: fewer than two frames, no flow")
-    flow = dense_flow.compute_flow(gray, device=device)
+    flow = compute_flow(gray, device=device)
     for f in flow:
-        x, y = dense_flow.flow_to_uint8(f)
+        x, y = flow_to_uint8(f)
         yield frame_io.center_crop(np.stack([x, y], axis=-1), crop)
 
 
@@ -69,8 +70,6 @@ def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarra
                  device: torch.device) -> torch.Tensor:
     """Time-averaged logits (num_classes,) of a whole frame stream (`frames` returns a fresh
     iterator; `total` is the expected frame count, used to align the streamed windows)."""
-    from extract_features import stream_logits
-
     return stream_logits(model, frames, device, total=total).mean(dim=1)
 
 
@@ -82,8 +81,6 @@ def frame_count(source: Path) -> int | None:
 
 
 def build_model(weights: Path, mode: str, device: torch.device, precision: str) -> torch.nn.Module:
-    import weights as weights_mod
-
     model = weights_mod.load_model(weights_mod.resolve_weights(weights), mode=mode, device=device)
     return model.for_inference(precision=precision, device=device)
 

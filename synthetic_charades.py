@@ -24,12 +24,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import frame_io
 from cli import run_main, setup_logging
+from pytorch_i3d import InceptionI3d
+from tvl1 import flow_to_uint8
 
-log = logging.getLogger("synthetic_charades")
+log = logging.getLogger(__name__)
 FPS = 24.0
 
 
@@ -87,15 +90,13 @@ def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frame
         rgb, motion, actions = render_video(rng, num_classes, n, height, width, object_size=max(8, size // 4))
         with frame_io.atomic_dir(out / "rgb" / vid) as d:
             for t, img in enumerate(rgb, start=1):
-                frame_io.write_image(d / f"{vid}-{t:06d}.jpg", img)
+                frame_io.write_image(d / frame_io.charades_frame_name(vid, t), img)
         if flow:
-            from dense_flow import flow_to_uint8
-
             with frame_io.atomic_dir(out / "flow" / vid) as d:
                 for t, f in enumerate(motion, start=1):
                     fx, fy = flow_to_uint8(f)
-                    frame_io.write_image(d / f"{vid}-{t:06d}x.jpg", fx)
-                    frame_io.write_image(d / f"{vid}-{t:06d}y.jpg", fy)
+                    frame_io.write_image(d / frame_io.charades_frame_name(vid, t, "x"), fx)
+                    frame_io.write_image(d / frame_io.charades_frame_name(vid, t, "y"), fy)
         annotations[vid] = {"subset": "testing" if i < n_test else "training",
                             "duration": round(n / FPS, 3), "actions": [list(a) for a in actions]}
     split = out / "charades.json"
@@ -129,6 +130,93 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need --videos >= 2, --classes >= 1, --frames >= 8, --size >= 32")
     write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed)
     return 0
+
+
+def calibrated_random_i3d(seed: int = 0, num_classes: int = 157, in_channels: int = 3,
+                          final_endpoint: str = "Logits") -> torch.nn.Module:
+    """A randomly initialised I3D whose batch-norm statistics are set from one random batch, so
+    its activations and features are of order 1 like a trained model's (with the default
+    statistics they shrink to ~1e-5, and any tolerance check would be empty). For tests and
+    benchmarks without downloaded weights."""
+    torch.manual_seed(seed)
+    model = InceptionI3d(num_classes=num_classes, in_channels=in_channels, final_endpoint=final_endpoint)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.momentum = 1.0  # running statistics := this batch's
+    model.train()
+    x = torch.rand(2, in_channels, 24, 32, 32) * 2 - 1
+    with torch.no_grad():
+        model._features(x)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.momentum = 0.01
+    model.eval()
+    # Scale the last block's output units (ReLU is positively homogeneous) so the features
+    # peak near 1, like a trained model's, rather than ~10.
+    last = model._modules[list(model.end_points)[-1]]
+    units = [last] if hasattr(last, "bn") else [getattr(last, n) for n in ("b0", "b1b", "b2b", "b3b") if hasattr(last, n)]
+    if units:
+        with torch.no_grad():
+            peak = float(model._features(x).abs().max())
+            for u in units:
+                u.bn.weight.div_(peak)
+                u.bn.bias.div_(peak)
+    return model
+
+
+def gray_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random float32 texture in 0..255: noise blurred at several scales."""
+    tex = np.zeros((h, w), np.float32)
+    for sigma, weight in ((1.5, 0.5), (4.0, 1.0), (10.0, 1.0)):
+        tex += weight * cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), sigma) * sigma
+    tex -= tex.min()
+    return tex * (255.0 / max(float(tex.max()), 1e-6))
+
+
+def synthetic_pair(h: int, w: int, kind: str = "translation", seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame0, frame1, flow) with frame0(x) = frame1(x + flow(x)) exactly: uint8 (h, w) frames
+    and the float32 (h, w, 2) ground truth. kind: 'translation', 'rotation' or 'patch' (a
+    textured square moving over a still textured background)."""
+    rng = np.random.default_rng(seed)
+    m = 24  # margin so that x + flow stays on the texture
+    tex = gray_texture(h + 2 * m, w + 2 * m, rng)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "translation":
+        d = rng.uniform(-4, 4, size=2).astype(np.float32)
+        flow = np.broadcast_to(d, (h, w, 2)).copy()
+    elif kind == "rotation":
+        a = np.deg2rad(rng.uniform(-3, 3))
+        cx, cy = w / 2, h / 2
+        fx = np.cos(a) * (xs - cx) - np.sin(a) * (ys - cy) + cx - xs
+        fy = np.sin(a) * (xs - cx) + np.cos(a) * (ys - cy) + cy - ys
+        flow = np.stack([fx, fy], -1).astype(np.float32)
+    elif kind == "patch":
+        frame1 = tex[m:m + h, m:m + w].copy()
+        patch_tex = gray_texture(h, w, rng)
+        d = rng.uniform(-3, 3, size=2).astype(np.float32)
+        ph, pw = h // 3, w // 3
+        top, left = h // 3, w // 3
+        # frame1: the patch at (top, left); frame0: the same patch shifted by -d
+        frame1[top:top + ph, left:left + pw] = patch_tex[:ph, :pw]
+        map_x = (xs + d[0]).astype(np.float32)
+        map_y = (ys + d[1]).astype(np.float32)
+        inside = (map_x >= left) & (map_x <= left + pw - 1) & (map_y >= top) & (map_y <= top + ph - 1)
+        frame0 = frame1.copy()
+        moved = cv2.remap(frame1, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        frame0[inside] = moved[inside]
+        flow = np.zeros((h, w, 2), np.float32)
+        flow[inside] = d
+        # pixels of frame0 where the patch was in frame1 but is not anymore: background that
+        # reappears (occluded in frame1); its true flow is undefined, keep it 0
+        return (np.clip(np.rint(frame0), 0, 255).astype(np.uint8),
+                np.clip(np.rint(frame1), 0, 255).astype(np.uint8), flow)
+    else:
+        raise ValueError(f"unknown synthetic kind {kind!r}")
+    frame1 = tex[m:m + h, m:m + w]
+    frame0 = cv2.remap(tex, xs + flow[..., 0] + m, ys + flow[..., 1] + m, cv2.INTER_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return (np.clip(np.rint(frame0), 0, 255).astype(np.uint8),
+            np.clip(np.rint(frame1), 0, 255).astype(np.uint8), flow)
 
 
 if __name__ == "__main__":

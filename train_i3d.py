@@ -49,7 +49,6 @@ import logging
 import math
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,12 @@ from tqdm import tqdm
 import videotransforms
 from charades_dataset import Charades
 from cli import UserError, run_main, select_device, setup_logging
-from eval_i3d import evaluate, upsample_logits  # one upsampling rule for training and evaluation
-from frame_io import atomic_write
+from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
+from frame_io import MODE_CHANNELS, atomic_write
 from pytorch_i3d import InceptionI3d
-from weights import MODE_CHANNELS, load_model, resolve_weights
+from weights import load_model, resolve_weights
 
-log = logging.getLogger("train_i3d")
+log = logging.getLogger(__name__)
 
 LOG_FIELDS = ["step", "epoch", "loc_loss", "cls_loss", "loss", "lr", "map"]
 CKPT_VERSION = 1
@@ -251,11 +250,11 @@ def plot_curves(log_csv: Path, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device) -> float:
-    """Charades classification mAP of the model on the testing subset (eval_i3d.evaluate on an
-    eval copy; the model being trained is left as it was)."""
+    """Charades classification mAP of the model on the testing subset (charades_metrics.evaluate
+    on an eval copy; the model being trained is left as it was)."""
     result = evaluate(model, split=args.split, root=args.test_root or args.root, mode=args.mode,
-                               resize=args.resize, crop=args.crop, device=device, subset="testing",
-                               progress=False)
+                      resize=args.resize, crop=args.crop, device=device, subset="testing",
+                      progress=False)
     return float(result["classification_map"])
 
 
@@ -476,87 +475,6 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
     progress.close()
     log.info("done: step %d, weights %s", step, final_model)
     return {"step": step, "map": last_map, "model": final_model}
-
-
-# ----------------------------------------------------------------------------------------------
-# Speed (benchmark.py's train section)
-# ----------------------------------------------------------------------------------------------
-
-def benchmark_train_step(args=None) -> list[dict]:
-    """Clips/s of one training step (forward, loss, backward, SGD step) on a random (B, 3, T, S, S)
-    clip: plain fp32 eager against channels_last_3d, and bf16 autocast (CPU with native bf16) or
-    fp16 AMP + cudnn.benchmark (CUDA), measured round-robin in the same run. Every step of every
-    path uses the same dropout seed, so the first-step losses (in each row's note) compare the
-    precisions. On CPU the clip is at most 16 frames (a step of 64 would take ~10 s here)."""
-    import statistics
-
-    from pytorch_i3d import cpu_has_native_bf16
-
-    device = select_device(getattr(args, "device", "auto") or "auto")
-    frames = int(getattr(args, "train_frames", None) or getattr(args, "frames", 64) or 64)
-    if device.type == "cpu":
-        frames = min(frames, 16)
-    size = int(getattr(args, "size", 224) or 224)
-    batch = int(getattr(args, "train_batch", None) or (8 if device.type == "cuda" else 1))
-    repeat = int(getattr(args, "repeat", 3) or 3)
-    gen = torch.Generator().manual_seed(0)
-    clip = (torch.rand((batch, 3, frames, size, size), generator=gen) * 2 - 1).to(device)
-    labels = (torch.rand((batch, 157, frames), generator=gen) < 0.05).float().to(device)
-
-    def make(channels_last: bool, amp: bool, cudnn_benchmark: bool):
-        torch.manual_seed(0)
-        model = InceptionI3d(num_classes=157).to(device).train()
-        x = clip
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-            x = clip.contiguous(memory_format=torch.channels_last_3d)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-        losses = []
-
-        def run():
-            torch.backends.cudnn.benchmark = cudnn_benchmark
-            torch.manual_seed(1)  # the same dropout masks for every path
-            with autocast_for(device, amp):
-                out = model(x)
-            loc, cls = charades_losses(out, labels)
-            loss = 0.5 * loc + 0.5 * cls
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-        return run, losses
-
-    cuda = device.type == "cuda"
-    base = "fp32 eager (plain)"
-    paths = {base: make(False, False, False)}
-    if cuda:
-        paths["fp32 cudnn.benchmark"] = make(False, False, True)
-    paths["fp32 channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, False, cuda)
-    low = "fp16 AMP" if cuda else "bf16 autocast"
-    if cuda or cpu_has_native_bf16():
-        paths[low + (" cudnn.benchmark" if cuda else "")] = make(False, True, cuda)
-        paths[low + " channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, True, cuda)
-    for fn, _ in paths.values():  # warm-up; its loss is the first-step loss compared below
-        fn()
-    first = {name: losses[0] for name, (_, losses) in paths.items()}
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeat):
-        for name, (fn, _) in paths.items():
-            if cuda:
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t)
-    torch.backends.cudnn.benchmark = False
-    rate = {name: batch / statistics.median(ts) for name, ts in times.items()}
-    shape = f"({batch}, 3, {frames}, {size}, {size})"
-    return [{"section": "train", "row": f"{name} {shape}", "unit": "clips/s", "value": v,
-             "baseline_row": f"{base} {shape}", "baseline_value": rate[base],
-             "note": f"first-step loss {first[name]:.4f} (fp32 {first[base]:.4f})"} for name, v in rate.items()]
 
 
 # ----------------------------------------------------------------------------------------------

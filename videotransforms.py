@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from frame_io import negate_flow_x
+
 def _spatial_axes(clip) -> tuple[int, int]:
     """(height axis, width axis): numpy (T, H, W, C) -> (1, 2); torch (C, T, H, W) -> (2, 3)."""
     return (2, 3) if isinstance(clip, torch.Tensor) else (1, 2)
@@ -96,13 +98,8 @@ class RandomHorizontalFlipFlow(RandomHorizontalFlip):
 
     def _flip(self, clip):
         clip = super()._flip(clip)
-        if isinstance(clip, torch.Tensor):
-            clip = clip.clone()
-            clip[0] = 255 - clip[0] if clip.dtype == torch.uint8 else -clip[0]
-        else:
-            clip = clip.copy()
-            clip[..., 0] = 255 - clip[..., 0] if clip.dtype == np.uint8 else -clip[..., 0]
-        return clip
+        # tensors are (C, T, H, W), arrays (T, H, W, C)
+        return negate_flow_x(clip, axis=0 if isinstance(clip, torch.Tensor) else -1)
 
 
 def horizontal_flip(mode: str, p: float = 0.5) -> RandomHorizontalFlip:

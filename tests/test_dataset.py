@@ -150,7 +150,7 @@ def test_flow_flip_negates_x():
 
 def test_synthetic_flow_is_the_true_motion(synthetic):
     """The generator's flow frames decode to the motion between its RGB frames."""
-    from dense_flow import uint8_to_flow
+    from tvl1 import uint8_to_flow
     out, split = synthetic
     ann = json.loads(split.read_text())
     vid = sorted(ann)[0]

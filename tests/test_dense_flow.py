@@ -12,50 +12,52 @@ import torch
 import dense_flow as D
 from cli import UserError
 from frame_io import count_charades_frames, load_charades_frames, write_image
+import tvl1
+import synthetic_charades
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("kind", ["translation", "rotation", "patch"])
 def test_tvl1_matches_ground_truth_and_opencv(kind):
-    f0, f1, gt = D.synthetic_pair(96, 128, kind, seed=1)
-    ours = D.compute_flow(np.stack([f0, f1]), device="cpu")[0]
+    f0, f1, gt = synthetic_charades.synthetic_pair(96, 128, kind, seed=1)
+    ours = tvl1.compute_flow(np.stack([f0, f1]), device="cpu")[0]
     ref = cv2.optflow.DualTVL1OpticalFlow_create().calc(f0, f1, None)
-    epe_ours, epe_ref = D.end_point_error(ours, gt, 4), D.end_point_error(ref, gt, 4)
+    epe_ours, epe_ref = tvl1.end_point_error(ours, gt, 4), tvl1.end_point_error(ref, gt, 4)
     assert ours.shape == (96, 128, 2) and ours.dtype == np.float32
     assert epe_ours < 0.1
     assert epe_ours <= epe_ref + 0.05
-    assert D.end_point_error(ours, ref) < 0.05
+    assert tvl1.end_point_error(ours, ref) < 0.05
     if kind == "translation":  # a known constant shift is found to a hundredth of a pixel
         assert np.allclose(np.median(ours.reshape(-1, 2), 0), gt[0, 0], atol=0.02)
 
 
 def test_batched_equals_one_at_a_time():
-    pairs = [D.synthetic_pair(64, 80, k, seed=s) for s, k in enumerate(["translation", "rotation", "patch"])]
+    pairs = [synthetic_charades.synthetic_pair(64, 80, k, seed=s) for s, k in enumerate(["translation", "rotation", "patch"])]
     i0 = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None]
     i1 = torch.from_numpy(np.stack([p[1] for p in pairs])).float()[:, None]
-    batched = D.tvl1_torch(i0, i1)  # on CPU: pair by pair
-    single = torch.cat([D.tvl1_torch(i0[k:k + 1], i1[k:k + 1]) for k in range(3)])
+    batched = tvl1.tvl1_torch(i0, i1)  # on CPU: pair by pair
+    single = torch.cat([tvl1.tvl1_torch(i0[k:k + 1], i1[k:k + 1]) for k in range(3)])
     assert batched.shape == (3, 2, 64, 80)
     assert torch.allclose(batched, single, atol=1e-4)
     # the whole-batch path (CUDA's): stopped pairs dropped from the batch (host looks every
     # iteration) or frozen by a device mask between looks, both give each pair's own result
     for sync_every in (1, 7):
-        whole = D.tvl1_torch(i0, i1, per_pair=False, sync_every=sync_every)
+        whole = tvl1.tvl1_torch(i0, i1, per_pair=False, sync_every=sync_every)
         assert torch.allclose(whole, single, atol=1e-4)
 
 
 def test_compute_flow_chunks_and_other_methods():
-    f0, f1, _ = D.synthetic_pair(48, 64, "translation", seed=3)
+    f0, f1, _ = synthetic_charades.synthetic_pair(48, 64, "translation", seed=3)
     frames = np.stack([f0, f1, f0])
-    whole = D.compute_flow(frames, device="cpu", batch=2)
-    chunked = D.compute_flow(frames, device="cpu", batch=1)
+    whole = tvl1.compute_flow(frames, device="cpu", batch=2)
+    chunked = tvl1.compute_flow(frames, device="cpu", batch=1)
     assert whole.shape == (2, 48, 64, 2)
     assert np.allclose(whole, chunked, atol=1e-4)
     for method in ("dis", "farneback", "opencv-tvl1"):
-        assert D.compute_flow(frames, method=method).shape == (2, 48, 64, 2)
+        assert tvl1.compute_flow(frames, method=method).shape == (2, 48, 64, 2)
     with pytest.raises(ValueError):
-        D.compute_flow(frames[:1])
+        tvl1.compute_flow(frames[:1])
 
 
 def test_building_blocks_match_opencv():
@@ -64,36 +66,36 @@ def test_building_blocks_match_opencv():
     t = torch.from_numpy(img)[None, None]
     # pyramid step (fx = fy = 0.8) and explicit-size upsampling, INTER_LINEAR
     small = cv2.resize(img, None, fx=0.8, fy=0.8)
-    ours = D.resize_linear(t, small.shape, (1 / 0.8, 1 / 0.8))[0, 0].numpy()
+    ours = tvl1.resize_linear(t, small.shape, (1 / 0.8, 1 / 0.8))[0, 0].numpy()
     assert np.allclose(ours, small, atol=1e-3)
     big = cv2.resize(img, (70, 45))
-    assert np.allclose(D.resize_linear(t, (45, 70))[0, 0].numpy(), big, atol=1e-3)
+    assert np.allclose(tvl1.resize_linear(t, (45, 70))[0, 0].numpy(), big, atol=1e-3)
     # 5x5 median: the torch version used on GPU equals cv2.medianBlur
-    assert np.array_equal(D.median5_torch(t)[0, 0].numpy(), cv2.medianBlur(img, 5))
+    assert np.array_equal(tvl1.median5_torch(t)[0, 0].numpy(), cv2.medianBlur(img, 5))
     # bicubic warp with zeros outside, against cv2.remap
     u = torch.from_numpy(rng.uniform(-3, 3, (1, 2, 37, 53)).astype(np.float32))
     ys, xs = np.mgrid[0:37, 0:53].astype(np.float32)
     ref = cv2.remap(img, xs + u[0, 0].numpy(), ys + u[0, 1].numpy(), cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
-    warped = D.warp_bicubic(t, u)[0, 0].numpy()
+    warped = tvl1.warp_bicubic(t, u)[0, 0].numpy()
     assert np.abs(warped - ref)[4:-4, 4:-4].max() < 0.01
 
 
 def test_uint8_encoding_round_trip_and_clipping():
     flow = np.array([[[0.0, -20.0], [20.0, 7.3]], [[-35.0, 50.0], [0.08, -0.08]]], np.float32)
-    x, y = D.flow_to_uint8(flow)
+    x, y = tvl1.flow_to_uint8(flow)
     assert x.dtype == np.uint8 and x.shape == (2, 2)
     assert x[0, 0] == 128 and y[0, 0] == 0 and x[0, 1] == 255  # round(255 * 20 / 40) = 127.5 -> 128
     assert x[1, 0] == 0 and y[1, 0] == 255  # clipped to +-20
-    back = D.uint8_to_flow(x, y)
+    back = tvl1.uint8_to_flow(x, y)
     inside = np.abs(flow) <= 20
     assert np.all(np.abs(back - flow)[inside] <= 20 / 255 + 1e-6)
     assert back[1, 0, 0] == -20 and back[1, 0, 1] == 20
-    assert D.flow_to_color(flow).shape == (2, 2, 3)
+    assert tvl1.flow_to_color(flow).shape == (2, 2, 3)
 
 
 def _textured_frames(n, h=48, w=64):
     rng = np.random.default_rng(5)
-    tex = D.smooth_texture(h + 40, w + 40, rng)
+    tex = synthetic_charades.gray_texture(h + 40, w + 40, rng)
     return [np.repeat(tex[10 + i:10 + i + h, 10 + 2 * i:10 + 2 * i + w, None], 3, axis=2).astype(np.uint8)
             for i in range(n)]
 
@@ -127,7 +129,7 @@ def test_cli_video_and_folder_exact_layout(tmp_path, tiny_video):
     assert count_charades_frames(out, "clip one", "flow") == count_charades_frames(out, "clip one", "rgb") == 5
     flow = load_charades_frames(out, "frames_b", 1, 3, mode="flow", resize=0)
     assert flow.shape == (3, 48, 64, 2)
-    dec = D.uint8_to_flow(flow[1, 12:-12, 12:-12, 0], flow[1, 12:-12, 12:-12, 1])
+    dec = tvl1.uint8_to_flow(flow[1, 12:-12, 12:-12, 0], flow[1, 12:-12, 12:-12, 1])
     assert np.allclose(np.median(dec.reshape(-1, 2), 0), [-2, -1], atol=0.2)  # content moves left 2, up 1
     # --resize makes the smaller side that size
     assert D.main([str(folder), "-o", str(tmp_path / "out32"), "--resize", "32", "--no-compile"]) == 0

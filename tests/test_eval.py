@@ -17,7 +17,8 @@ import eval_i3d
 import synthetic_charades
 from charades_dataset import VideoAnnotation, read_annotations
 from charades_dataset_full import VideoSource, open_video
-from extract_features import calibrated_random_i3d
+from synthetic_charades import calibrated_random_i3d
+import charades_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES, CROP = 3, 48
@@ -74,42 +75,42 @@ def test_average_precision_matches_sklearn(decimals):
     scores = rng.random((n, c)) + 0.4 * labels
     if decimals is not None:
         scores = np.round(scores, decimals)
-    aps = eval_i3d.average_precisions(scores, labels)
+    aps = charades_metrics.average_precisions(scores, labels)
     for k in range(c):
         if labels[:, k].any():
             assert aps[k] == pytest.approx(average_precision_score(labels[:, k], scores[:, k]), abs=1e-12)
         else:
             assert np.isnan(aps[k])
     expected = np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in range(c) if labels[:, k].any()])
-    assert eval_i3d.mean_average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
+    assert charades_metrics.mean_average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
     # Ties are counted together: the order of the items does not matter.
     perm = rng.permutation(n)
-    assert eval_i3d.mean_average_precision(scores[perm], labels[perm]) == pytest.approx(
-        eval_i3d.mean_average_precision(scores, labels), abs=1e-12)
+    assert charades_metrics.mean_average_precision(scores[perm], labels[perm]) == pytest.approx(
+        charades_metrics.mean_average_precision(scores, labels), abs=1e-12)
 
 
 def test_average_precision_values():
-    assert eval_i3d.average_precision([0.9, 0.8, 0.1, 0.0], [1, 1, 0, 0]) == 1.0
+    assert charades_metrics.average_precision([0.9, 0.8, 0.1, 0.0], [1, 1, 0, 0]) == 1.0
     # Positives at ranks 2 and 4: (1/2 + 2/4) / 2; the official per-positive loop without ties.
-    assert eval_i3d.average_precision([0.9, 0.8, 0.7, 0.6], [0, 1, 0, 1]) == pytest.approx(0.5)
+    assert charades_metrics.average_precision([0.9, 0.8, 0.7, 0.6], [0, 1, 0, 1]) == pytest.approx(0.5)
     # One tie block of all items: precision 2/4 at the only threshold.
-    assert eval_i3d.average_precision([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == pytest.approx(0.5)
-    assert np.isnan(eval_i3d.average_precision([0.3, 0.2], [0, 0]))
-    assert np.isnan(eval_i3d.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 2))))
-    assert np.isnan(eval_i3d.mean_average_precision(np.array([[np.nan], [0.5]]), np.array([[1], [0]])))
+    assert charades_metrics.average_precision([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == pytest.approx(0.5)
+    assert np.isnan(charades_metrics.average_precision([0.3, 0.2], [0, 0]))
+    assert np.isnan(charades_metrics.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 2))))
+    assert np.isnan(charades_metrics.mean_average_precision(np.array([[np.nan], [0.5]]), np.array([[1], [0]])))
     with pytest.raises(ValueError):
-        eval_i3d.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
+        charades_metrics.mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)))
 
 
 def test_localize_points_follow_the_official_rule():
     ann = VideoAnnotation("testing", 10.0, [(1, 0.0, 2.0), (2, 4.0, 4.4), (1, 9.5, 10.0)])
-    frames, labels = eval_i3d.localize_points(ann, num_frames=240, num_classes=3)
+    frames, labels = charades_metrics.localize_points(ann, num_frames=240, num_classes=3)
     t = np.arange(25) * 0.4  # t_j = j / 25 * duration
     assert frames.tolist() == np.round(t * 24).astype(int).tolist()  # 24 fps
     assert labels[:, 0].sum() == 0
     assert labels[:, 1].tolist() == [int(x <= 2.0 or x >= 9.5) for x in t]  # inclusive ends
     assert np.flatnonzero(labels[:, 2]).tolist() == [10, 11]  # t = 4.0 and 4.4
-    assert eval_i3d.video_labels(ann, 3).tolist() == [0, 1, 1]
+    assert charades_metrics.video_labels(ann, 3).tolist() == [0, 1, 1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
         logits = rgb_model(x)[0]  # (C, T')
     expected = torch.sigmoid(torch.nn.functional.interpolate(logits[None], size=len(frames), mode="linear",
                                                              align_corners=False))[0].numpy()
-    got = eval_i3d.video_frame_probs(rgb_model, root, "SYN0000", len(frames), "rgb", None, CROP, "cpu")
+    got = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", len(frames), "rgb", None, CROP, "cpu")
     assert got.shape == (CLASSES, len(frames)) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.ptp(got) > 1e-3  # not a constant: the check above has teeth
@@ -140,7 +141,7 @@ def test_evaluate_one_stream(syn, rgb_model):
     split = syn / "charades.json"
     rgb_model.train()  # as the training loop hands it over
     before = {k: v.clone() for k, v in rgb_model.state_dict().items()}
-    r = eval_i3d.evaluate(rgb_model, split, syn / "rgb", "rgb", crop=CROP, details=True, progress=False)
+    r = charades_metrics.evaluate(rgb_model, split, syn / "rgb", "rgb", crop=CROP, details=True, progress=False)
     assert rgb_model.training  # left in train mode, and unchanged
     assert all(torch.equal(before[k], v) for k, v in rgb_model.state_dict().items())
     ann = read_annotations(split)
@@ -150,17 +151,17 @@ def test_evaluate_one_stream(syn, rgb_model):
     # The scores are the max over frames / the 25 sampled frames of video_frame_probs.
     for i, vid in enumerate(test_vids):
         n = len(_frames(syn / "rgb", vid, "rgb"))
-        probs = eval_i3d.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu")
+        probs = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu")
         np.testing.assert_allclose(r["video_scores"][i], probs.max(axis=1), atol=1e-6)
-        frames, labels = eval_i3d.localize_points(ann[vid], n, CLASSES)
+        frames, labels = charades_metrics.localize_points(ann[vid], n, CLASSES)
         np.testing.assert_allclose(r["frame_scores"][25 * i:25 * (i + 1)], probs[:, frames].T, atol=1e-6)
         np.testing.assert_array_equal(r["frame_labels"][25 * i:25 * (i + 1)], labels)
         assert r["video_labels"][i].tolist() == [int(any(c == k for c, _, _ in ann[vid].actions))
                                                  for k in range(CLASSES)]
     assert r["classification_map"] == pytest.approx(
-        eval_i3d.mean_average_precision(r["video_scores"], r["video_labels"]))
+        charades_metrics.mean_average_precision(r["video_scores"], r["video_labels"]))
     assert r["localization_map"] == pytest.approx(
-        eval_i3d.mean_average_precision(r["frame_scores"], r["frame_labels"]))
+        charades_metrics.mean_average_precision(r["frame_scores"], r["frame_labels"]))
     assert 0 < r["classification_chance"] <= 1 and 0 < r["localization_chance"] <= 1
 
 
@@ -176,33 +177,33 @@ def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
             out[c, (s <= t) & (t <= e)] = 1.0
         return out
 
-    monkeypatch.setattr(eval_i3d, "video_frame_probs", oracle)
-    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, progress=False)
+    monkeypatch.setattr(charades_metrics, "video_frame_probs", oracle)
+    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, progress=False)
     assert r["classification_map"] == 1.0
     assert 0.95 <= r["localization_map"] <= 1.0
 
 
 @pytest.mark.parametrize("fusion", ["prob", "logit"])
 def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
-    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
+    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
                           flow_root=syn / "flow", fusion=fusion, crop=CROP, details=True, progress=False)
     assert r["videos"] == 3 and r["failed"] == []
     vid = r["vids"][0]
     n = len(_frames(syn / "rgb", vid, "rgb"))
-    lr = eval_i3d.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True)
-    lf = eval_i3d.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True)
+    lr = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True)
+    lf = charades_metrics.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True)
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     fused = (sig(lr) + sig(lf)) / 2 if fusion == "prob" else sig((lr + lf) / 2)
     np.testing.assert_allclose(r["video_scores"][0], fused.max(axis=1), atol=1e-6)
-    one = eval_i3d.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, details=True, progress=False)
+    one = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, details=True, progress=False)
     assert not np.allclose(one["video_scores"], r["video_scores"])  # the flow stream counts
 
 
 def test_evaluate_refuses_wrong_stream_and_classes(syn, rgb_model, flow_model):
-    with pytest.raises(eval_i3d.UserError, match="channel"):
-        eval_i3d.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
-    with pytest.raises(eval_i3d.UserError, match="class 2"):
-        eval_i3d.evaluate(calibrated_random_i3d(num_classes=2), syn / "charades.json", syn / "rgb",
+    with pytest.raises(charades_metrics.UserError, match="channel"):
+        charades_metrics.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
+    with pytest.raises(charades_metrics.UserError, match="class 2"):
+        charades_metrics.evaluate(calibrated_random_i3d(num_classes=2), syn / "charades.json", syn / "rgb",
                           crop=CROP, progress=False)
 
 
@@ -210,7 +211,7 @@ def test_unreadable_video_is_skipped_and_reported(syn, rgb_model, weight_files, 
     root = tmp_path / "rgb"
     shutil.copytree(syn / "rgb", root)
     (root / "SYN0001" / "SYN0001-000003.jpg").write_bytes(b"not a jpeg")
-    r = eval_i3d.evaluate(rgb_model, syn / "charades.json", root, crop=CROP, progress=False)
+    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", root, crop=CROP, progress=False)
     assert r["videos"] == 2 and [v for v, _ in r["failed"]] == ["SYN0001"]
     assert "SYN0001-000003.jpg" in r["failed"][0][1]
     p = _cli("-mode", "rgb", "-root", root, "--split", syn / "charades.json", "-load_model", weight_files["rgb"],
@@ -236,7 +237,7 @@ def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_
              "--crop", CROP, "--json", "-q")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    expected = eval_i3d.evaluate(rgb_model, syn / "Charades_v1_test.csv", syn / "rgb", flow_model=flow_model,
+    expected = charades_metrics.evaluate(rgb_model, syn / "Charades_v1_test.csv", syn / "rgb", flow_model=flow_model,
                                  flow_root=syn / "flow", crop=CROP, progress=False)
     assert out["videos"] == 3
     for key in ("classification_map", "localization_map"):

@@ -16,6 +16,10 @@ import torch
 import extract_features as ef
 import frame_io
 from charades_dataset_full import StreamingVideoDataset, VideoSource
+import benchmark
+import feature_store
+import streaming
+import synthetic_charades
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,13 +38,13 @@ def whole_video(model, frames: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model5c():
-    return ef.calibrated_random_i3d(final_endpoint="Mixed_5c")
+    return synthetic_charades.calibrated_random_i3d(final_endpoint="Mixed_5c")
 
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("w") / "rgb_random.pt"
-    torch.save(ef.calibrated_random_i3d(num_classes=157).state_dict(), path)
+    torch.save(synthetic_charades.calibrated_random_i3d(num_classes=157).state_dict(), path)
     return path
 
 
@@ -82,19 +86,19 @@ def run_cli(*argv: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def test_temporal_geometry():
-    assert ef.temporal_geometry("Mixed_5c", pooled=True) == (8, 47, 62)  # 110-frame receptive field
-    assert ef.temporal_geometry("Mixed_4f", pooled=False)[0] == 4
-    assert ef.temporal_geometry("Conv3d_1a_7x7", pooled=False) == (2, 3, 4)
+    assert streaming.temporal_geometry("Mixed_5c", pooled=True) == (8, 47, 62)  # 110-frame receptive field
+    assert streaming.temporal_geometry("Mixed_4f", pooled=False)[0] == 4
+    assert streaming.temporal_geometry("Conv3d_1a_7x7", pooled=False) == (2, 3, 4)
 
 
 def test_chunked_equals_whole_video(model5c, chunk_frames=32):
-    run = ef.make_runner(model5c, torch.device("cpu"))
-    stride, left, right = ef.temporal_geometry()
+    run = streaming.make_runner(model5c, torch.device("cpu"))
+    stride, left, right = streaming.temporal_geometry()
     for t in (1, 7, 8, 9, 63, 64, 65, 130, 301):
         frames = random_frames(t, seed=t)
         ref = whole_video(model5c, frames)
         assert ref.shape == (max(1, -(-t // 8) - 1), 1, 1, 1024)
-        chunker = ef.TemporalChunker(run, stride, left, right, chunk_frames, total=t)
+        chunker = streaming.TemporalChunker(run, stride, left, right, chunk_frames, total=t)
         for i in range(0, t, 5):  # odd piece sizes: chunk boundaries fall anywhere
             chunker.push(frames[i:i + 5])
         out = chunker.finish()[0].numpy()
@@ -107,27 +111,27 @@ def test_chunked_equals_whole_video(model5c, chunk_frames=32):
 def test_chunking_needs_its_context_and_residue(model5c):
     """The checks above are sensitive: too little context, or chunks of the wrong length
     residue (other TF-SAME padding phase), give visibly different features."""
-    run = ef.make_runner(model5c, torch.device("cpu"))
+    run = streaming.make_runner(model5c, torch.device("cpu"))
     frames = random_frames(100, seed=1)
     ref = whole_video(model5c, frames)
-    short = ef.TemporalChunker(run, 8, 16, 16, 16, total=100)
+    short = streaming.TemporalChunker(run, 8, 16, 16, 16, total=100)
     short.push(frames)
     assert np.abs(short.finish()[0].numpy() - ref).max() > 1e-2
-    wrong = ef.TemporalChunker(run, 8, 47, 62, 16, total=101)
+    wrong = streaming.TemporalChunker(run, 8, 47, 62, 16, total=101)
     wrong.push(frames)
-    with pytest.raises(ef.ResidueMismatch):
+    with pytest.raises(streaming.ResidueMismatch):
         wrong.finish()
     wrong.middle_done = False  # force the final chunk through: the phase really matters
     assert np.abs(wrong.finish()[0].numpy() - ref).max() > 1e-2
 
 
 def test_endpoint_chunked_equals_whole_video():
-    model = ef.calibrated_random_i3d(final_endpoint="Mixed_4f")
+    model = synthetic_charades.calibrated_random_i3d(final_endpoint="Mixed_4f")
     frames = random_frames(130, seed=2)
     with torch.no_grad():
         ref = model(frames_to_input(frames))[0].mean(dim=(2, 3)).T.numpy()  # (T/4, 832)
-    stride, left, right = ef.temporal_geometry("Mixed_4f", pooled=False)
-    chunker = ef.TemporalChunker(ef.make_runner(model, torch.device("cpu"), endpoint="Mixed_4f"),
+    stride, left, right = streaming.temporal_geometry("Mixed_4f", pooled=False)
+    chunker = streaming.TemporalChunker(streaming.make_runner(model, torch.device("cpu"), endpoint="Mixed_4f"),
                                  stride, left, right, 16, total=130)
     chunker.push(frames)
     out = chunker.finish()[0].numpy()
@@ -138,13 +142,13 @@ def test_endpoint_chunked_equals_whole_video():
 def test_stream_features_rereads_on_wrong_length(model5c):
     frames = random_frames(100, seed=3)
     ref = whole_video(model5c, frames)  # (T', 1, 1, 1024)
-    out = ef.stream_features(model5c, lambda: iter(frames), total=105, chunk_frames=16)
+    out = streaming.stream_features(model5c, lambda: iter(frames), total=105, chunk_frames=16)
     assert out.shape == (ref.shape[0], 1024, 1, 1)
     assert_close(out.permute(0, 2, 3, 1).numpy(), ref)
-    with pytest.raises(ef.ResidueMismatch):
-        ef.stream_features(model5c, iter(frames), total=105, chunk_frames=16)
+    with pytest.raises(streaming.ResidueMismatch):
+        streaming.stream_features(model5c, iter(frames), total=105, chunk_frames=16)
     # A one-shot iterator of unknown length (predict.py's case) is spooled to disk and exact.
-    spooled = ef.stream_features(model5c, (f for f in frames), chunk_frames=16)
+    spooled = streaming.stream_features(model5c, (f for f in frames), chunk_frames=16)
     assert_close(spooled.permute(0, 2, 3, 1).numpy(), ref)
 
 
@@ -175,7 +179,7 @@ def test_real_weights_chunked_fast_equals_whole_video(rgb_scratch_weights):
     model = weights.load_model(rgb_scratch_weights, mode="rgb")
     frames = random_frames(130, h=48, w=48, seed=11)
     ref = whole_video(model, frames)
-    out = ef.stream_features(model.for_inference("fp32"), list(frames), chunk_frames=16)
+    out = streaming.stream_features(model.for_inference("fp32"), list(frames), chunk_frames=16)
     assert np.abs(out.permute(0, 2, 3, 1).numpy() - ref).max() < 1e-4
 
 
@@ -214,7 +218,7 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
     # RGB mode with flow weights: refused by weights.load_model, one line.
     flow_w = tmp_path / "flow.pt"
-    torch.save(ef.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
     make_charades(tmp_path / "root", "A", 9)
     r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-mode", "rgb", "-load_model", str(flow_w),
                         "-root", str(tmp_path / "root"), "-save_dir", str(tmp_path / "o")],
@@ -225,17 +229,17 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
 def test_shard_partition():
     sources = [VideoSource(key=f"v{i:03d}", layout="file", path=f"v{i}") for i in range(23)]
     for n in (1, 2, 3, 5, 23, 30):
-        parts = [ef.shard(list(reversed(sources)), k, n) for k in range(n)]
+        parts = [feature_store.shard(list(reversed(sources)), k, n) for k in range(n)]
         keys = [s.key for part in parts for s in part]
         assert sorted(keys) == [s.key for s in sources] and len(set(keys)) == len(keys)  # no gap, no overlap
-    assert ef.parse_shard("2/4") == (2, 4)
+    assert feature_store.parse_shard("2/4") == (2, 4)
     os.environ.update(RANK="1", WORLD_SIZE="3")
     try:
-        assert ef.parse_shard(None) == (1, 3)
+        assert feature_store.parse_shard(None) == (1, 3)
     finally:
         del os.environ["RANK"], os.environ["WORLD_SIZE"]
-    with pytest.raises(ef.UserError):
-        ef.parse_shard("4/4")
+    with pytest.raises(feature_store.UserError):
+        feature_store.parse_shard("4/4")
 
 
 def test_input_nested_same_names_with_workers_and_shards(tmp_path, weights_file):
@@ -274,7 +278,7 @@ def test_h5_output_resumes(tmp_path, weights_file):
     assert not (out / ".pending").exists()
     make_charades(root, "C", 8, seed=2)
     # A video finished by a killed run (pending .npy, never merged) is picked up, not recomputed.
-    ef.H5Store(out / "features.h5", out / ".pending").save("D", np.zeros((1, 2), np.float32), {"stride": 8})
+    feature_store.H5Store(out / "features.h5", out / ".pending").save("D", np.zeros((1, 2), np.float32), {"stride": 8})
     assert run_cli(*args) == 0
     with h5py.File(out / "features.h5", "r") as f:
         assert sorted(f) == ["A", "B", "C", "D"]
@@ -286,14 +290,14 @@ def test_stack_step_windows(tmp_path, weights_file, model5c):
     """--stack 16 --step 8 on 40 frames: windows at 0, 8, 16, 24 (the partial one at 32 is
     dropped), each the mean over time and space of its own forward pass."""
     frames = random_frames(40, seed=4)
-    stacker = ef.WindowStacker(ef.make_runner(model5c, torch.device("cpu")), 16, 8, batch=3)
+    stacker = streaming.WindowStacker(streaming.make_runner(model5c, torch.device("cpu")), 16, 8, batch=3)
     for i in range(0, 40, 7):
         stacker.push(frames[i:i + 7])
     out = stacker.finish()[0].numpy()
     ref = np.stack([whole_video(model5c, frames[s:s + 16]).mean(axis=(0, 1, 2)) for s in (0, 8, 16, 24)])
     assert out.shape == (4, 1024)
     assert_close(out, ref)
-    gap = ef.WindowStacker(ef.make_runner(model5c, torch.device("cpu")), 8, 20)  # step > stack
+    gap = streaming.WindowStacker(streaming.make_runner(model5c, torch.device("cpu")), 8, 20)  # step > stack
     gap.push(frames)
     assert_close(gap.finish()[0].numpy()[1], whole_video(model5c, frames[20:28]).mean(axis=(0, 1, 2)))
     root = tmp_path / "root"
@@ -310,15 +314,15 @@ def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, m
     """One batcher for all videos: windows of different videos run in the same forward pass
     and each video still gets exactly its own features, in order."""
     runs: list[int] = []
-    run = ef.make_runner(model5c, torch.device("cpu"))
+    run = streaming.make_runner(model5c, torch.device("cpu"))
 
     def counting_run(x):
         runs.append(x.shape[0])
         return run(x)
 
-    batcher = ef.WindowBatcher(counting_run, batch=4)
+    batcher = streaming.WindowBatcher(counting_run, batch=4)
     videos = {"A": random_frames(24, seed=7), "B": random_frames(8, seed=8), "C": random_frames(16, seed=9)}
-    stackers = {k: ef.WindowStacker(counting_run, 8, 8, batcher=batcher) for k in videos}
+    stackers = {k: streaming.WindowStacker(counting_run, 8, 8, batcher=batcher) for k in videos}
     for k, frames in videos.items():
         stackers[k].push(frames)
     outs = {k: s.finish()[0].numpy() for k, s in stackers.items()}
@@ -338,15 +342,15 @@ def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, m
 
 def test_ten_crop_and_flow_flip(model5c):
     frames = random_frames(9, h=40, w=48, seed=5)
-    run = ef.make_runner(model5c, torch.device("cpu"), ten_crop=32)
+    run = streaming.make_runner(model5c, torch.device("cpu"), ten_crop=32)
     out = run(torch.from_numpy(frames)[None])[0].numpy()  # (10, T', 1, 1, 1024)
     assert out.shape == (10, 1, 1, 1, 1024)
     center = whole_video(model5c, frame_io.center_crop(frames, 32))
     assert_close(out[4], center)
     assert_close(out[9], whole_video(model5c, frame_io.center_crop(frames, 32)[:, :, ::-1].copy()))
-    flow_model = ef.calibrated_random_i3d(in_channels=2, final_endpoint="Mixed_5c")
+    flow_model = synthetic_charades.calibrated_random_i3d(in_channels=2, final_endpoint="Mixed_5c")
     flow = random_frames(9, h=32, w=32, c=2, seed=6)
-    got = ef.make_runner(flow_model, torch.device("cpu"), mode="flow", ten_crop=32)(torch.from_numpy(flow)[None])[0]
+    got = streaming.make_runner(flow_model, torch.device("cpu"), mode="flow", ten_crop=32)(torch.from_numpy(flow)[None])[0]
     x = frames_to_input(flow).flip(-1)
     x[:, 0] = -x[:, 0]  # mirrored flow: x displacement negated
     with torch.no_grad():
@@ -413,7 +417,7 @@ def test_benchmark_extraction_rows():
 
     args = types.SimpleNamespace(extract_frames=20, extract_height=40, extract_width=48, extract_resize=0,
                                  extract_crop=32, random_weights=True, workers=0, device="cpu")
-    rows = ef.benchmark_extraction(args)
+    rows = benchmark.benchmark_extraction(args)
     assert rows[0]["row"] == rows[0]["baseline_row"] == rows[1]["baseline_row"]
     assert [r["row"].split(",")[0] for r in rows[1:]] == ["ours", "ours"]
     for r in rows:
@@ -428,7 +432,7 @@ def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
         frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "x"), img[..., 0])
         frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "y"), img[..., 1])
     flow_w = tmp_path / "flow.pt"
-    torch.save(ef.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
     out = tmp_path / "out"
     assert run_cli("-mode", "both", "-load_model", weights_file, "--flow-model", flow_w, "-root", root,
                    "-save_dir", out, "--resize", "0", "--crop", "32", "--workers", "0", "-q") == 0

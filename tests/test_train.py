@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import eval_i3d
 import synthetic_charades
 import train_i3d
 import weights
 from pytorch_i3d import InceptionI3d
+import charades_metrics
+import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -91,7 +92,7 @@ def test_losses_are_the_original_recipe():
     assert torch.allclose(loc, bce(up, labels), atol=1e-6)
     assert torch.allclose(cls, bce(up.max(2)[0], labels.max(2)[0]), atol=1e-6)
     # the same upsampling as the evaluation
-    assert train_i3d.upsample_logits is eval_i3d.upsample_logits
+    assert train_i3d.upsample_logits is charades_metrics.upsample_logits
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +235,7 @@ def test_keep_last_removes_older_step_files(tiny, tmp_path):
 def test_benchmark_rows():
     class A:
         device, train_frames, size, repeat, train_batch = "cpu", 8, 64, 1, 1
-    rows = train_i3d.benchmark_train_step(A())
+    rows = benchmark.benchmark_train_step(A())
     assert rows[0]["row"].startswith("fp32 eager (plain)")
     for r in rows:
         assert r["section"] == "train" and r["unit"] == "clips/s" and r["value"] > 0 and r["baseline_value"] > 0
@@ -256,14 +257,14 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
     root = tmp_path / "syn" / "rgb"
     torch.manual_seed(0)  # as train() does with --seed 0: the very model training starts from
     before_model = train_i3d.build_model(str(rgb_scratch_weights), "rgb", 4)
-    before = eval_i3d.evaluate(before_model, split, root, "rgb", resize=112, crop=112, progress=False)
+    before = charades_metrics.evaluate(before_model, split, root, "rgb", resize=112, crop=112, progress=False)
     args = train_i3d.parse_args([
         "-root", str(root), "--split", str(split), "-save_model", str(tmp_path / "run" / "m_"),
         "--init", str(rgb_scratch_weights), "--num-classes", "4", "--clip-frames", "16", "--crop", "112",
         "--resize", "112", "--batch-size", "4", "--accum", "1", "--lr", str(LEARN_LR), "--freeze-bn",
         "--max-steps", str(LEARN_STEPS), "--eval-every", str(LEARN_STEPS)])
     result = train_i3d.train(args)
-    after = eval_i3d.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
+    after = charades_metrics.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
                               crop=112, progress=False)
     chance = after["classification_chance"]
     print(f"mAP before {before['classification_map']:.3f}, after {after['classification_map']:.3f}, "

