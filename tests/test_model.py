@@ -439,6 +439,8 @@ def test_benchmark_model_section_rows(capsys):
         assert r["section"] == "model" and r["unit"] == "s" and r["value"] > 0
         assert r["baseline_value"] == rows[r["baseline_row"]]["value"]
     assert "top-1 same" in rows["forward for_inference fp32"]["note"]
+    for method in ("forward", "extract_features"):  # fp32 computes what the plain model does
+        assert float(rows[f"{method} for_inference fp32"]["note"].split("cosine ")[1][:8]) >= 0.99999
     table = benchmark.format_table(result["rows"])
     assert "baseline" in table and "forward for_inference fp32" in table
     assert benchmark.ratio({"unit": "s", "value": 1.0, "baseline_value": 3.0}) == 3.0

@@ -140,8 +140,20 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
     r = run_predict(*args)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if "error" in line]
-    assert errors and len(errors[0]) < 400
+    errors = [line for line in r.stderr.splitlines() if line.startswith("predict.py: error: ")]
+    expected = {
+        "missing": f"{tmp_path / 'missing.mp4'}: no such video file",
+        "empty": f"{tmp_path / 'empty.mp4'}: unreadable video",
+        "not_a_video": f"{tmp_path / 'text.mp4'}: unreadable video",
+        "flow_weights": f"{tmp_path / 'flow.pt'}: these are flow weights (2 input channels); mode rgb needs 3",
+        "precision": "argument --precision: invalid choice: 'fp8'",
+        "weights_name": "weights no_such_weights not present; make them with: python weights.py no_such_weights",
+    }[case]
+    assert errors and expected in errors[0], r.stderr
+    if case in ("missing", "empty", "not_a_video"):  # a batch job: the item, then the summary
+        assert errors[1:] == [f"predict.py: error: 1 of 1 inputs failed: {args[0]}"], r.stderr
+    else:
+        assert len(errors) == 1, r.stderr
     assert sorted(tmp_path.iterdir()) == before  # nothing left behind
 
 
