@@ -10,6 +10,8 @@ VID-000001x.jpg / y.jpg), kept uint8 until the last step, then scaled to [-1, 1]
 """
 from __future__ import annotations
 
+import argparse
+
 import csv
 import json
 import logging
@@ -173,6 +175,18 @@ def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str
         raise UserError(f"{root}: none of the split's {len(missing)} {subset} videos has {mode} frames there "
                         f"(expected {frame_io.charades_frame_path(root, 'VID', 1, 'x' if mode == 'flow' else '')})")
     return items
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The data flags that training and evaluation share, with the same defaults, so a run is
+    evaluated with the very flags it was trained with."""
+    p.add_argument("--clip-frames", type=int, default=64,
+                   help="frames per training clip; evaluation runs whole videos and pads one shorter than "
+                        "this with its last frame, as training does")
+    p.add_argument("--crop", type=int, default=224,
+                   help="crop size: random in training, center in evaluation (0 there: the whole frame)")
+    p.add_argument("--resize", type=int, default=None,
+                   help="smaller side of the frames before cropping (default: the original's upscale-if-under-226)")
 
 
 def load_clip(root: str | Path, item: VideoItem, start: int, clip_frames: int, mode: str,

@@ -108,15 +108,31 @@ def prefetched_frames(root: str | Path, vid: str, num_frames: int, mode: str, re
     return frames
 
 
+def _padded(frames_fn: Callable[[], Iterator[np.ndarray]], total: int) -> Callable[[], Iterator[np.ndarray]]:
+    """The stream, then its last frame repeated up to `total` frames."""
+    def frames() -> Iterator[np.ndarray]:
+        count, last = 0, None
+        for last in frames_fn():
+            count += 1
+            yield last
+        if last is not None:
+            for _ in range(total - count):
+                yield last
+    return frames
+
+
 def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_frames: int, mode: str = "rgb",
                       resize: int | None = None, crop: int = 224, device: torch.device | str = "cpu",
-                      return_logits: bool = False, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+                      return_logits: bool = False, pool: ThreadPoolExecutor | None = None,
+                      min_frames: int = 1) -> np.ndarray:
     """Per-frame sigmoid probabilities (C, num_frames) float32 of a Charades-layout video
     (root/VID/VID-000001.jpg; flow VID-000001x.jpg / y.jpg): the whole video through the
     network exactly (stream_features), the logits layer on the pooled features, per-time
     logits upsampled to the frames. return_logits gives the upsampled logits instead.
     An InceptionI3d is first copied with for_inference('fp32') (pass one from
-    inference_model to avoid the copy per video). pool: threads that decode ahead."""
+    inference_model to avoid the copy per video). pool: threads that decode ahead. A video
+    shorter than min_frames is padded with its last frame to min_frames (as training pads its
+    clips) and the per-frame outputs cut back to its own frames."""
     device = torch.device(device)
     model = inference_model(model, device)
     if pool is not None:
@@ -124,8 +140,11 @@ def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_fr
     else:
         src = VideoSource(key=vid, layout="charades", path=str(root), vid=vid)
         frames_fn = lambda: open_video(src, mode, resize, crop)[2]  # noqa: E731
-    logits = stream_logits(model, frames_fn, device, total=num_frames)  # (C, T')
-    frame_logits = upsample_logits(logits, num_frames)
+    total = max(num_frames, min_frames)
+    if total > num_frames:
+        frames_fn = _padded(frames_fn, total)
+    logits = stream_logits(model, frames_fn, device, total=total)  # (C, T')
+    frame_logits = upsample_logits(logits, total)[:, :num_frames]
     out = frame_logits if return_logits else torch.sigmoid(frame_logits)
     return out.numpy().astype(np.float32, copy=False)
 
@@ -231,14 +250,15 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
              flow_root: str | Path | None = None, fusion: str = "prob", resize: int | None = None,
              crop: int = 224, device: torch.device | str | None = None, precision: str = "fp32",
              max_videos: int | None = None, workers: int = 2, details: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, clip_frames: int = 64) -> dict:
     """Charades classification and localization mAP of a model (or an RGB + flow pair).
 
     model / flow_model: an InceptionI3d (in train mode or not, possibly DDP-wrapped: it is
     copied with for_inference and left untouched), a FastInceptionI3d, or a weights path or
     name. mode is the first model's stream; with flow_model it must be 'rgb', and flow_root
     holds the flow frames. split: charades.json and/or Charades CSVs. device None: the
-    model's. workers: threads decoding frames ahead of the network (0: none).
+    model's. workers: threads decoding frames ahead of the network (0: none). clip_frames:
+    videos shorter than this are padded with their last frame, as training pads its clips.
     Returns {"classification_map", "localization_map", "videos", "num_classes", "classes_scored",
     "localization_classes_scored", "classification_chance", "localization_chance",
     "failed": [[vid, message]]}; with details also "vids",
@@ -269,7 +289,8 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
     try:
         for vid, counts in tqdm(videos, desc="evaluating", unit="video", disable=not progress):
             try:
-                outs = [video_frame_probs(m, r, vid, n, mo, resize, crop, device, len(streams) > 1, pool)
+                outs = [video_frame_probs(m, r, vid, n, mo, resize, crop, device, len(streams) > 1, pool,
+                                          min_frames=clip_frames)
                         for (mo, r, m), n in zip(streams, counts)]
             except Exception as e:  # one unreadable video must not stop the evaluation
                 msg = str(e) if isinstance(e, frame_io.FrameError) else f"{e.__class__.__name__}: {e}"

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import frame_io
+from charades_dataset import add_data_args
 from charades_metrics import LOCALIZE_POINTS, evaluate
 from cli import run_main, select_device, setup_logging
 from pytorch_i3d import PRECISIONS
@@ -87,9 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion", choices=("prob", "logit"), default="prob",
                    help="two streams: average the per-frame probabilities (default) or the logits")
     p.add_argument("--subset", choices=("training", "testing"), default="testing")
-    p.add_argument("--resize", type=int, default=None,
-                   help="smaller side to N pixels (0 keeps); default: the Charades rule (upscale if under 226)")
-    p.add_argument("--crop", type=int, default=224, help="center crop size (0: whole frame)")
+    add_data_args(p)  # --clip-frames, --crop, --resize: training's flags and defaults
     p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default, exact); bf16/fp16 faster")
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     result = evaluate(args.load_model, args.split, args.root, args.mode, subset=args.subset,
                       flow_model=args.flow_model, flow_root=args.flow_root, fusion=args.fusion,
-                      resize=args.resize, crop=args.crop, device=device, precision=args.precision,
+                      resize=args.resize, crop=args.crop, clip_frames=args.clip_frames, device=device, precision=args.precision,
                       max_videos=args.max_videos, workers=args.workers, details=args.submission is not None,
                       progress=not args.quiet)
     if args.submission is not None:

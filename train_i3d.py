@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 import videotransforms
-from charades_dataset import Charades
+from charades_dataset import Charades, add_data_args
 from cli import UserError, run_main, select_device, setup_logging
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from frame_io import MODE_CHANNELS, atomic_write
@@ -253,7 +253,7 @@ def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device
     """Charades classification mAP of the model on the testing subset (charades_metrics.evaluate
     on an eval copy; the model being trained is left as it was)."""
     result = evaluate(model, split=args.split, root=args.test_root or args.root, mode=args.mode,
-                      resize=args.resize, crop=args.crop, device=device, subset="testing",
+                      resize=args.resize, crop=args.crop, clip_frames=args.clip_frames, device=device, subset="testing",
                       progress=False)
     return float(result["classification_map"])
 
@@ -501,10 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=1e-7)
     p.add_argument("--milestones", type=int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
-    p.add_argument("--clip-frames", type=int, default=64)
-    p.add_argument("--crop", type=int, default=224, help="random crop size")
-    p.add_argument("--resize", type=int, default=None,
-                   help="smaller side of the frames before cropping (default: the original's upscale-if-under-226)")
+    add_data_args(p)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the original used 36)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: each rank its local GPU)")
     p.add_argument("--freeze-bn", action="store_true",

@@ -137,6 +137,30 @@ def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
     assert np.ptp(got) > 1e-3  # not a constant: the check above has teeth
 
 
+def test_short_video_is_padded_to_clip_frames_as_in_training(syn, rgb_model):
+    """--clip-frames (training's flag and default): a video shorter than it is padded with its
+    last frame, as training pads its clips; the per-frame outputs are cut back to the video."""
+    root = syn / "rgb"
+    frames = _frames(root, "SYN0000", "rgb")
+    n, padded = len(frames), len(frames) + 13
+    x = np.concatenate([frames, np.repeat(frames[-1:], padded - n, axis=0)])
+    x = torch.from_numpy(x).permute(3, 0, 1, 2)[None].float() / 255 * 2 - 1
+    rgb_model.eval()
+    with torch.no_grad():
+        logits = rgb_model(x)[0]
+    expected = torch.sigmoid(torch.nn.functional.interpolate(logits[None], size=padded, mode="linear",
+                                                             align_corners=False))[0, :, :n].numpy()
+    got = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu",
+                                             min_frames=padded)
+    assert got.shape == (CLASSES, n)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    unpadded = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu")
+    assert np.abs(got - unpadded).max() > 1e-4  # the padding is really there
+    args = eval_i3d.parse_args(["-root", "r", "-split", "s", "-load_model", "m"])
+    assert (args.clip_frames, args.crop, args.resize) == (64, 224, None)  # train_i3d.py's defaults
+    assert eval_i3d.parse_args(["-root", "r", "-split", "s", "-load_model", "m", "--clip-frames", "16"]).clip_frames == 16
+
+
 def test_evaluate_one_stream(syn, rgb_model):
     split = syn / "charades.json"
     rgb_model.train()  # as the training loop hands it over
@@ -151,7 +175,8 @@ def test_evaluate_one_stream(syn, rgb_model):
     # The scores are the max over frames / the 25 sampled frames of video_frame_probs.
     for i, vid in enumerate(test_vids):
         n = len(_frames(syn / "rgb", vid, "rgb"))
-        probs = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu")
+        probs = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu",
+                                                   min_frames=64)  # clip_frames' default, as training's
         np.testing.assert_allclose(r["video_scores"][i], probs.max(axis=1), atol=1e-6)
         frames, labels = charades_metrics.localize_points(ann[vid], n, CLASSES)
         np.testing.assert_allclose(r["frame_scores"][25 * i:25 * (i + 1)], probs[:, frames].T, atol=1e-6)
@@ -170,7 +195,8 @@ def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
     near 1 (a time point is scored at the nearest frame, up to half a frame away from it)."""
     ann = read_annotations(syn / "charades.json")
 
-    def oracle(model, root, vid, num_frames, mode, resize, crop, device, return_logits=False, pool=None):
+    def oracle(model, root, vid, num_frames, mode, resize, crop, device, return_logits=False, pool=None,
+               min_frames=1):
         t = np.arange(num_frames) * ann[vid].duration / num_frames
         out = np.zeros((CLASSES, num_frames), np.float32)
         for c, s, e in ann[vid].actions:
@@ -190,8 +216,10 @@ def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
     assert r["videos"] == 3 and r["failed"] == []
     vid = r["vids"][0]
     n = len(_frames(syn / "rgb", vid, "rgb"))
-    lr = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True)
-    lf = charades_metrics.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True)
+    lr = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True,
+                                            min_frames=64)
+    lf = charades_metrics.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True,
+                                            min_frames=64)
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     fused = (sig(lr) + sig(lf)) / 2 if fusion == "prob" else sig((lr + lf) / 2)
     np.testing.assert_allclose(r["video_scores"][0], fused.max(axis=1), atol=1e-6)
