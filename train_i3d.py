@@ -63,7 +63,7 @@ from charades_dataset import Charades, add_data_args
 from cli import UserError, run_main, select_device, setup_logging
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from frame_io import MODE_CHANNELS, atomic_write
-from pytorch_i3d import InceptionI3d
+from pytorch_i3d import InceptionI3d, check_precision
 from weights import load_model, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -316,6 +316,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
         torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick the fastest kernels once
+    if args.amp and device.type == "cpu":
+        check_precision("bf16", device)  # CPU AMP is bf16: refused in one line where the CPU lacks it
     if args.batch_size < 1 or args.accum < 1 or args.max_steps < 1 or args.clip_frames < 1:
         raise UserError("--batch-size, --accum, --max-steps and --clip-frames must be at least 1")
     main_rank = rank == 0

@@ -274,3 +274,11 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
     assert after["classification_map"] == pytest.approx(result["map"], abs=1e-6)  # training's own validation
     assert after["classification_map"] > chance + 0.2
     assert after["classification_map"] > before["classification_map"] + 0.05
+
+
+def test_amp_on_a_cpu_without_bf16_is_one_line(tiny, tmp_path, monkeypatch):
+    import pytorch_i3d
+    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(pytorch_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU"):
+        train_i3d.main(tiny_args(tiny, tmp_path / "m_", "--max-steps", "1", "--amp", "--device", "cpu"))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
