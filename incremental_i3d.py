@@ -381,11 +381,13 @@ class StreamingI3D:
         self.dtype = model.dtype if self.fast else None
         self.in_channels = model.in_channels
         self.stages: list = []
+        self.layers: list[nn.Module] = []
         self.lengths = [self.total]  # input length of every stage over the whole video
         for i, (name, m) in enumerate(layers.items()):
             stage, n = _layer_stage(m, self.lengths[-1], self.fast, i == 0)
             self.stages.append(stage)
             self.lengths.append(n)
+            self.layers.append(m)
             if name == endpoint:
                 break
         n = self.lengths[-1]
@@ -452,13 +454,34 @@ class StreamingI3D:
         return out
 
     def _empty_output(self) -> torch.Tensor:
-        """(B, C', 0, ...) of the output, for pushes that complete no step: one frame of zeros
-        through the stages of a one-frame video (once per stream; the shape does not depend on T)."""
+        """(B, C', 0, ...): the output of a push that completes no step (shape from the layers)."""
         t = self._template
-        probe = StreamingI3D(self.model, 1, self.endpoint, self.head)
-        x = t.new_zeros((t.shape[0], t.shape[1], 1, *t.shape[3:]))
-        y = _cat_time([_run_chain(probe.stages, x), _finish_chain(probe.stages)])
-        return y[:, :, :0].contiguous()
+        c, h, w = t.shape[1], t.shape[3], t.shape[4]
+        for m in self.layers:
+            c = _out_channels(m, c)
+            if isinstance(m, (Unit3D, MaxPool3dSamePadding, _FastUnit, _FastMaxPool)):
+                stride = _triple(m.stride) if isinstance(m, MaxPool3dSamePadding) else m._stride
+                h, w = -(-h // stride[1]), -(-w // stride[2])
+        dtype = torch.float32 if self.fast else t.dtype
+        if self.head != "none":
+            h, w = h - min(7, h) + 1, w - min(7, w) + 1
+        if self.head == "logits":
+            c = self.model.logits.out_channels if self.fast else self.model.logits.conv3d.out_channels
+            if self.model._spatial_squeeze:
+                return torch.empty((t.shape[0], c, 0), dtype=dtype, device=t.device)
+        return torch.empty((t.shape[0], c, 0, h, w), dtype=dtype, device=t.device)
+
+
+def _out_channels(m: nn.Module, c: int) -> int:
+    if isinstance(m, Unit3D):
+        return m.conv3d.out_channels
+    if isinstance(m, _FastUnit):
+        return m.conv.out_channels
+    if isinstance(m, InceptionModule):
+        return sum(u.conv3d.out_channels for u in (m.b0, m.b1b, m.b2b, m.b3b))
+    if isinstance(m, _FastInception):
+        return m._splits[0] + sum(u.conv.out_channels for u in (m.b1b, m.b2b, m.b3b))
+    return c  # max pools
 
 
 def run_stream(model: nn.Module, chunks: Iterable[torch.Tensor], total_frames: int, endpoint: str = "Mixed_5c",
