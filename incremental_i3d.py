@@ -69,6 +69,11 @@ def _cat_time(parts: list[torch.Tensor | None], channels_last: bool | None = Non
     return torch.cat(parts, dim=2, out=_empty(shape, parts[0], channels_last))
 
 
+def _meta(x: torch.Tensor) -> torch.Tensor:
+    """A fresh 0-frame tensor like x (a 0-frame slice of x would keep x's storage alive)."""
+    return torch.empty((x.shape[0], x.shape[1], 0, *x.shape[3:]), dtype=x.dtype, device=x.device)
+
+
 def _copy(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A compact copy of a view (so a kept tail does not hold its whole source tensor alive)."""
     return _empty(x.shape, x, channels_last).copy_(x)
@@ -130,7 +135,7 @@ class _TemporalStream:
             return None
         self.seen += x.shape[2]
         if self.template is None:  # the first frames: the whole video's front padding
-            self.template = x[:, :, :0]
+            self.template = _meta(x)
             x = _cat_time([self._zeros(self.pf), x], self.channels_last) if self.pf else x
         if self.seen > self.n_in:
             raise RuntimeError(f"layer input longer than planned ({self.seen} > {self.n_in} frames)")
@@ -216,8 +221,8 @@ class _Block:
                 out[:, c0:c0 + chans[i], t0:t0 + take].copy_(piece[:, :, :take])
                 if take == piece.shape[2]:
                     q.pop(0)
-                else:
-                    q[0] = piece[:, :, take:]
+                else:  # a compact copy of the few frames left: the view would hold all of piece
+                    q[0] = _copy(piece[:, :, take:], self.channels_last)
                 t0 += take
             c0 += chans[i]
         return out
@@ -423,7 +428,7 @@ class StreamingI3D:
                 self._empty_out = self._empty_output()
             return self._empty_out
         if self._empty_out is None:
-            self._empty_out = y[:, :, :0].contiguous()
+            self._empty_out = _meta(y)
         self.emitted += y.shape[2]
         return y.contiguous()
 
@@ -436,7 +441,7 @@ class StreamingI3D:
         if self.seen + x.shape[2] > self.total:
             raise LengthMismatch(self.seen + x.shape[2], self.total)
         if self._template is None:
-            self._template = x[:, :, :0]
+            self._template = _meta(x)
         self.seen += x.shape[2]
         return self._result(_run_chain(self.stages, x) if x.shape[2] else None)
 
