@@ -442,6 +442,9 @@ class StreamingI3D:
             raise LengthMismatch(self.seen + x.shape[2], self.total)
         if self._template is None:
             self._template = _meta(x)
+        elif x.shape[0] != self._template.shape[0] or x.shape[3:] != self._template.shape[3:]:
+            raise ValueError(f"chunk {tuple(x.shape)} differs in batch or frame size from the stream's first "
+                             f"{tuple(self._template.shape)}")
         self.seen += x.shape[2]
         return self._result(_run_chain(self.stages, x) if x.shape[2] else None)
 

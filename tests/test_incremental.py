@@ -158,7 +158,7 @@ def test_length_errors(models):
     engine = StreamingI3D(model, 10)
     outs = [engine.push(x[:, :, :6])]
     with pytest.raises(LengthMismatch):
-        engine.push(x[:, :, 6:] .repeat(1, 1, 2, 1, 1))
+        engine.push(x[:, :, 6:].repeat(1, 1, 2, 1, 1))
     outs += [engine.push(x[:, :, 6:]), engine.finish()]
     with torch.no_grad():
         assert_close(torch.cat(outs, dim=2), model.extract_features(x), "after a refused push")
@@ -175,3 +175,7 @@ def test_bad_arguments(models):
         StreamingI3D(models["plain"], 8, endpoint="Mixed_4f", head="logits")
     with pytest.raises(ValueError):
         StreamingI3D(models["fast"], 8).push(torch.zeros(1, 2, 4, 16, 16))
+    engine = StreamingI3D(models["fast"], 8)
+    engine.push(torch.zeros(1, 3, 4, 16, 16))
+    with pytest.raises(ValueError):
+        engine.push(torch.zeros(1, 3, 4, 16, 24))
