@@ -18,14 +18,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bf16: needs bf16 convolutions on the CPU (skipped where it has none)")
 
 
+# Tests that use these fixtures run the real network at full size on real data: slow.
+SLOW_FIXTURES = {"rgb_scratch_weights", "sample_videos"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from pytorch_i3d import cpu_supports_bf16
 
-    if cpu_supports_bf16():
-        return
     skip = pytest.mark.skip(reason="this CPU has no oneDNN bf16 (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
+    has_bf16 = cpu_supports_bf16()
     for item in items:
-        if "bf16" in item.keywords:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "bf16" in item.keywords and not has_bf16:
             item.add_marker(skip)
 
 
