@@ -66,7 +66,7 @@ class H5Store:
     """One HDF5 file; each finished video goes to PENDING/KEY.npz (array and attrs in one file,
     written atomically, so no kill separates them) and is merged into a rebuilt copy of the HDF5
     file that replaces it atomically (close(), or the next run). The merge runs under an
-    exclusive lock (.NAME.lock), so runs sharing the file take turns and each merges and
+    exclusive lock (flock on the output folder), so runs sharing the file take turns and each merges and
     deletes exactly the pending files it read; HDF5 is only ever written into the temporary
     copy, after checking that the disk has room for it."""
 
@@ -74,7 +74,7 @@ class H5Store:
         import h5py
 
         self.h5py, self.path, self.pending = h5py, path, pending
-        self.lock = path.with_name(f".{path.name}.lock")
+        self.lock = path.parent  # the output folder itself is locked (flock on the folder)
         self.present: set[str] = set()
         _clean_tree(pending)
         if path.exists():
@@ -113,6 +113,7 @@ class H5Store:
         return out
 
     def close(self) -> None:
+        self.lock.mkdir(parents=True, exist_ok=True)
         with frame_io.file_lock(self.lock):
             new = self._read_pending()
             if not new:

@@ -428,8 +428,10 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> int:
     'clip' never matches 'clip.v2'), or of any output with name=None; a temporary whose process
     is alive is never touched. Also the pid-less names of older versions. Returns the count."""
     folder = Path(folder)
-    stem = re.escape(name) if name is not None else r".+"
-    pattern = re.compile(rf"^\.{stem}\.(?:(\d+)-)?[a-z0-9_]{{8}}\.tmp(\.[A-Za-z0-9]+)?$")
+    if name is not None:  # also the pid-less temporaries of older versions, of this output only
+        pattern = re.compile(rf"^\.{re.escape(name)}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
+    else:
+        pattern = re.compile(r"^\..+\.(\d+)-[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
     removed = 0
     try:
         entries = list(os.scandir(folder))
@@ -451,11 +453,14 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> int:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, shared: bool = False, blocking: bool = True) -> Iterator[None]:
-    """An fcntl.flock on `path` (created if needed) for the block; released when the block
+    """An fcntl.flock on `path` (a folder, or a file created if needed) for the block; released when the block
     ends or the process dies. Non-blocking and held elsewhere: BlockingIOError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    if path.is_dir():  # a folder locks itself: no lock file left behind
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
         yield
@@ -505,13 +510,20 @@ def atomic_write_bytes(path: str | Path, data) -> None:
         write_bytes_checked(tmp, data, fsync=True)
 
 
+def temp_dir_for(path: str | Path) -> Path:
+    """A new temporary folder next to `path`, named for it and this process (clean_stale_temps
+    removes it once this process is gone)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to `path`, renamed to `path` on success (replacing an
     unfinished one) and removed on error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = temp_dir_for(path)
     try:
         yield tmp
         if path.exists():
