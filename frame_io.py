@@ -363,15 +363,17 @@ def write_bytes_checked(path: str | Path, data, fsync: bool = False) -> None:
             raise disk_full(path) from None
         raise
     try:
-        _write_all(fd, data, path)
-        if fsync:
-            os.fsync(fd)
-    except OSError as e:
+        try:
+            _write_all(fd, data, path)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        path.unlink(missing_ok=True)  # no partial file is left behind
         if is_disk_full(e):
             raise disk_full(path) from None
         raise
-    finally:
-        os.close(fd)
 
 
 def append_bytes_checked(path: str | Path, data) -> None:
@@ -492,8 +494,8 @@ def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
-        except OSError as e:
-            if is_disk_full(e):
+        except (OSError, DiskFullError) as e:  # named by the output, not its temporary
+            if isinstance(e, DiskFullError) or is_disk_full(e):
                 raise disk_full(path) from None
             raise
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
