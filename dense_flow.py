@@ -21,6 +21,9 @@ Other methods: `opencv-tvl1` (cv2.optflow's DualTVL1, the reference), `dis` and 
 Encoding (the original one): flow clipped to +-20 px, stored as round(255 * (f + 20) / 40) in
 8-bit grayscale JPEGs. N frames give N-1 flow fields (frame i -> i+1); we also write frame N as
 a copy of flow N-1 so that the RGB and flow counts match, as in the original Charades data.
+
+A video is finished when OUT/VID/.dense_flow.done exists (written last); a folder without it
+is done again (other files in it, such as RGB frames of the same root, are kept).
 """
 from __future__ import annotations
 
