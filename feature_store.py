@@ -115,10 +115,10 @@ class H5Store:
     def close(self) -> None:
         self.lock.mkdir(parents=True, exist_ok=True)
         with frame_io.file_lock(self.lock):
+            frame_io.clean_stale_temps(self.path.parent, self.path.name)  # a killed rebuild's copy
             new = self._read_pending()
             if not new:
                 return
-            frame_io.clean_stale_temps(self.path.parent, self.path.name)  # a killed rebuild's copy
             need = (self.path.stat().st_size if self.path.exists() else 0) + sum(
                 f.stat().st_size for _, files in new for f in files) + (1 << 20)
             if shutil.disk_usage(self.path.parent).free < need:  # HDF5 must not meet a full disk

@@ -326,13 +326,14 @@ def train(args: argparse.Namespace) -> dict:
     rank, world_size, local_rank = init_distributed()
     lock = save_path(args.save_model, "lock")
     try:
-        if rank != 0:
+        with contextlib.ExitStack() as stack:
+            if rank == 0:  # one run per -save_model: a second would interleave checkpoints and logs
+                try:
+                    stack.enter_context(file_lock(lock, blocking=False))
+                except BlockingIOError:
+                    raise UserError(f"{lock}: another train_i3d.py is running with -save_model "
+                                    f"{args.save_model}") from None
             return _train(args, rank, world_size, local_rank)
-        try:  # one run per -save_model: a second would interleave checkpoints and logs
-            with file_lock(lock, blocking=False):
-                return _train(args, rank, world_size, local_rank)
-        except BlockingIOError:
-            raise UserError(f"{lock}: another train_i3d.py is running with -save_model {args.save_model}") from None
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
