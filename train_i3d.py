@@ -64,7 +64,7 @@ from charades_dataset import Charades
 from cli import (UserError, add_allow_gaps, apply_allow_gaps, dist_env, nonneg_float, nonneg_int, positive_float,
                  positive_int, positive_size, run_main, select_device, setup_logging, size_or_zero)
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
-from frame_io import MODE_CHANNELS, append_bytes_checked, atomic_write_bytes, file_lock
+from frame_io import MODE_CHANNELS, append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
 from pytorch_i3d import InceptionI3d
 from weights import load_model, resolve_weights
 
@@ -333,6 +333,7 @@ def train(args: argparse.Namespace) -> dict:
                 except BlockingIOError:
                     raise UserError(f"{lock}: another train_i3d.py is running with -save_model "
                                     f"{args.save_model}") from None
+                clean_stale_temps(lock.parent)  # checkpoints half-written by a killed run
             return _train(args, rank, world_size, local_rank)
     finally:
         if world_size > 1 and dist.is_initialized():

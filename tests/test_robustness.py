@@ -226,10 +226,13 @@ def test_train_full_disk(small_disk, tmp_path):
     assert_disk_full_line(r, save.parent)
     assert not list(save.parent.glob("*.pt")) and not list(save.parent.glob("*.ckpt"))
     assert not [p for p in save.parent.iterdir() if ".tmp" in p.name]
+    stale = save.parent / f".m_000001.pt.{dead_pid()}-abcdefgh.tmp.pt"  # as a kill -9 leaves it
+    stale.write_bytes(b"half a checkpoint")
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk.path)], check=True)
     r = run("train_i3d.py", *args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (save.parent / "m_000001.pt").is_file() and (save.parent / "m_last.ckpt").is_file()
+    assert not stale.exists()
 
 
 # ---------------------------------------------------------------------------------------------
