@@ -166,6 +166,7 @@ def test_run_main_disk_full_is_one_line(capsys):
     assert err.count("\n") == 1 and "/somewhere/x.bin: disk full (" in err
 
 
+@pytest.mark.slow
 def test_dense_flow_full_disk(small_disk, tmp_path):
     video = tmp_path / "clip.mp4"
     write_video(video)
@@ -355,6 +356,7 @@ def test_dense_flow_redoes_folders_without_marker_and_keeps_rgb(tmp_path):
     assert (out / "clip" / "clip-000004y.jpg").stat().st_size > 0 and dense_flow.is_done(out, "clip")
 
 
+@pytest.mark.slow
 def test_dense_flow_two_processes_same_output(tmp_path):
     srcs = [tmp_path / "in" / f"v{i}.mp4" for i in range(3)]
     for s in srcs:
