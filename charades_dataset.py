@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 import frame_io
-from cli import UserError
+from cli import UserError, positive_int, positive_size, size_or_zero
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +177,17 @@ def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str
     return items
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None:
     """The data flags that training and evaluation share, with the same defaults, so a run is
-    evaluated with the very flags it was trained with."""
-    p.add_argument("--clip-frames", type=int, default=64,
+    evaluated with the very flags it was trained with (training's crop cannot be 0)."""
+    p.add_argument("--clip-frames", type=positive_int, default=64,
                    help="frames per training clip; evaluation runs whole videos and pads one shorter than "
                         "this with its last frame, as training does")
-    p.add_argument("--crop", type=int, default=224,
+    p.add_argument("--crop", type=size_or_zero if crop_zero_ok else positive_size, default=224,
                    help="crop size: random in training, center in evaluation (0 there: the whole frame)")
-    p.add_argument("--resize", type=int, default=None,
-                   help="smaller side of the frames before cropping (default: the original's upscale-if-under-226)")
+    p.add_argument("--resize", type=size_or_zero, default=None,
+                   help="smaller side of the frames before cropping (0 keeps; default: the original's "
+                        "upscale-if-under-226)")
 
 
 def load_clip(root: str | Path, item: VideoItem, start: int, clip_frames: int, mode: str,

@@ -2,12 +2,14 @@
 clear line on stderr and a non-zero exit (never a traceback)."""
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from frame_io import FrameError
+from frame_io import ALLOW_GAPS_ENV, DiskFullError, FrameError, disk_full, is_disk_full
 
 if TYPE_CHECKING:
     import torch
@@ -40,12 +42,111 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+# ----------------------------------------------------------------------------------------------
+# The one place numeric flags and the distributed environment are checked
+# ----------------------------------------------------------------------------------------------
+
+MAX_SIZE = 4096  # pixels: the largest --crop / --resize taken (larger is a typo, or an allocation failure)
+
+
+def _number(kind: type, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return value
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value}: must be {'at least ' + str(low) if high is None else f'from {low} to {high}'}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+size_or_zero = int_at_least(0, MAX_SIZE)  # --resize / --crop where 0 means "keep" / "whole frame"
+positive_size = int_at_least(1, MAX_SIZE)
+
+
+def finite_float(text: str) -> float:
+    return _number(float, text)
+
+
+def positive_float(text: str) -> float:
+    value = _number(float, text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be above 0")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = _number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
+    return value
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) from the environment (torchrun's), checked: integers,
+    WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0. Absent: (0, 1, 0)."""
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name, "").strip()
+        try:
+            values[name] = int(text) if text else default
+        except ValueError:
+            raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1:
+        raise UserError(f"environment variable WORLD_SIZE={world}: must be at least 1")
+    if not 0 <= rank < world:
+        raise UserError(f"environment variables RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    if local < 0:
+        raise UserError(f"environment variable LOCAL_RANK={local}: must be 0 or more")
+    return rank, world, local
+
+
+def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
+    """The one definition of --allow-gaps (extract_features.py, train_i3d.py, eval_i3d.py)."""
+    parser.add_argument("--allow-gaps", action="store_true",
+                        help="a missing frame in numbered frames is skipped with a warning instead of an error "
+                             "(Charades folders: the frames before the gap are used)")
+
+
+def apply_allow_gaps(enabled: bool) -> None:
+    """Make --allow-gaps hold in this process and the ones it starts (DataLoader workers)."""
+    if enabled:
+        os.environ[ALLOW_GAPS_ENV] = "1"
+    else:
+        os.environ.pop(ALLOW_GAPS_ENV, None)
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main(); turn expected failures into one stderr line and an exit status."""
+    """Run a script's main(); turn expected failures into one stderr line and an exit status
+    (2: bad input; 3: disk full)."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
     try:
         code = main()
-    except (UserError, FrameError, FileNotFoundError, ValueError) as e:
+    except DiskFullError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except OSError as e:
+        if not is_disk_full(e):
+            if isinstance(e, FileNotFoundError):
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        print(f"{prog}: error: {disk_full(e.filename or os.getcwd() + '/.')}", file=sys.stderr)
+        sys.exit(3)
+    except (UserError, FrameError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

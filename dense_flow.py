@@ -21,10 +21,15 @@ Other methods: `opencv-tvl1` (cv2.optflow's DualTVL1, the reference), `dis` and 
 Encoding (the original one): flow clipped to +-20 px, stored as round(255 * (f + 20) / 40) in
 8-bit grayscale JPEGs. N frames give N-1 flow fields (frame i -> i+1); we also write frame N as
 a copy of flow N-1 so that the RGB and flow counts match, as in the original Charades data.
+
+A video is finished when OUT/VID/.dense_flow.done exists (written last); a folder without it
+is done again (other files in it, such as RGB frames of the same root, are kept).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -39,8 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, run_main, select_device, setup_logging
-from frame_io import FrameError, atomic_dir, charades_frame_name, is_video_file, iter_frames, write_image
+from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
+from frame_io import (DiskFullError, FrameError, atomic_write_bytes, charades_frame_name, clean_stale_temps, file_lock,
+                      is_video_file, iter_frames, temp_dir_for, write_image)
 from tvl1 import METHODS, _compile_works, compute_flow, flow_to_color, flow_to_uint8
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,42 @@ def video_id(src: str | Path) -> str:
     """VID of an input: a video's file name without extension, a frame folder's name."""
     src = Path(src)
     return src.stem if is_video_file(src) else src.name
+
+
+DONE_MARKER = ".dense_flow.done"  # OUT/VID/.dense_flow.done, written last: the video is complete
+
+
+def is_done(out_root: str | Path, vid: str) -> bool:
+    """Whether OUT/VID holds a finished video (its marker). A folder without the marker (a
+    killed run's, an older version's, or RGB frames of the same root) is done again."""
+    return (Path(out_root) / vid / DONE_MARKER).is_file()
+
+
+@contextlib.contextmanager
+def _video_dir(out_root: Path, vid: str) -> Iterator[Path]:
+    """A temporary folder for one video's frames, committed to OUT/VID under the output's lock
+    when the block ends: renamed there with the marker inside, or, when OUT/VID already holds
+    other files (RGB frames in the same root), the files moved in and the marker written last.
+    Removed on error; a video another process finished meanwhile is left as it is."""
+    dest = out_root / vid
+    tmp = temp_dir_for(dest)
+    try:
+        yield tmp
+        marker = json.dumps({"vid": vid, "flow_frames": len(list(tmp.glob("*x.jpg")))}).encode()
+        with file_lock(out_root):
+            if is_done(out_root, vid):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif not dest.exists():
+                atomic_write_bytes(tmp / DONE_MARKER, marker)
+                os.replace(tmp, dest)
+            else:
+                for f in sorted(tmp.iterdir()):
+                    os.replace(f, dest / f.name)
+                tmp.rmdir()
+                atomic_write_bytes(dest / DONE_MARKER, marker)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _write_flow(folder: Path, vid: str, index: int, flow: np.ndarray) -> None:
@@ -81,10 +123,11 @@ def extract_video(src: str | Path, out_root: str | Path, method: str = "tvl1", r
     src, out_root = Path(src), Path(out_root)
     vid = video_id(src)
     batch = max(1, batch)
-    for stale in out_root.glob(f".{vid}.*.tmp"):  # left by a killed run: that video is redone
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    with atomic_dir(out_root / vid) as tmp:
+    if is_done(out_root, vid):  # e.g. finished by another process since this one listed it
+        return json.loads((out_root / vid / DONE_MARKER).read_text())["flow_frames"]
+    # a killed run's temporaries of this video only (never clip.v2's, never a live process's)
+    clean_stale_temps(out_root, vid)
+    with _video_dir(out_root, vid) as tmp:
         n, prev, vis_flow, last = 0, None, None, None
         for chunk in _chunks(iter_frames(src, resize=resize), batch):
             grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in chunk]
@@ -135,6 +178,8 @@ def _job(args: tuple) -> tuple[str, int, str | None]:
     src, kwargs = args
     try:
         return str(src), extract_video(src, **kwargs), None
+    except DiskFullError:
+        raise  # stops the job: every later video would fail too
     except (FrameError, UserError, ValueError, OSError) as e:
         return str(src), 0, str(e)
     except Exception as e:  # an unexpected failure of one video must not stop the others
@@ -149,11 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-list", "--list", help="text file with one input per line (added to INPUT...)")
     parser.add_argument("-method", "--method", default="tvl1", choices=METHODS)
     parser.add_argument("-rgb", "--rgb", action="store_true", help="also write the RGB frames VID-000001.jpg")
-    parser.add_argument("-resize", "--resize", type=int, default=256,
+    parser.add_argument("-resize", "--resize", type=size_or_zero, default=256,
                         help="smaller side of the frames the flow is computed on (0 keeps the size)")
-    parser.add_argument("-workers", "--workers", type=int, default=1, help="videos processed in parallel")
+    parser.add_argument("-workers", "--workers", type=positive_int, default=1, help="videos processed in parallel")
     parser.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1 (method tvl1)")
-    parser.add_argument("-batch", "--batch", type=int, default=8, help="frame pairs computed at once")
+    parser.add_argument("-batch", "--batch", type=positive_int, default=8, help="frame pairs computed at once")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the TV-L1 iteration (default: on; about 30 s to compile once, "
                              "cached on disk; falls back to eager if it fails)")
@@ -175,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = select_device(args.device) if args.method == "tvl1" else torch.device("cpu")
     compile_step = args.compile if args.compile is not None else _compile_works(device)
 
-    todo = [p for p in inputs if not (out / video_id(p)).is_dir()]  # finished videos are skipped
+    todo = [p for p in inputs if not is_done(out, video_id(p))]  # finished videos (marker) are skipped
     if len(todo) < len(inputs):
         log.info("%d of %d videos already done, skipped", len(inputs) - len(todo), len(inputs))
     kwargs = dict(out_root=out, method=args.method, rgb=args.rgb, resize=args.resize, device=device,

@@ -47,7 +47,7 @@ import numpy as np
 import frame_io
 from charades_dataset import add_data_args
 from charades_metrics import LOCALIZE_POINTS, evaluate
-from cli import run_main, select_device, setup_logging
+from cli import add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device, setup_logging
 from pytorch_i3d import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,11 @@ def write_submission(prefix: str | Path, result: dict) -> tuple[Path, Path]:
     ('VID s0 s1 ...' per video) and PREFIX_localize.txt ('VID FRAME s0 s1 ...', frames 0..24)."""
     prefix = Path(prefix)
     cls_path, loc_path = Path(f"{prefix}_classify.txt"), Path(f"{prefix}_localize.txt")
-    with frame_io.atomic_write(cls_path) as tmp:
-        tmp.write_text("".join(f"{v} " + " ".join(f"{s:.6g}" for s in row) + "\n"
-                               for v, row in zip(result["vids"], result["video_scores"])))
+    frame_io.atomic_write_bytes(cls_path, "".join(f"{v} " + " ".join(f"{s:.6g}" for s in row) + "\n"
+                               for v, row in zip(result["vids"], result["video_scores"])).encode())
     rows = result["frame_scores"].reshape(len(result["vids"]), LOCALIZE_POINTS, -1)
-    with frame_io.atomic_write(loc_path) as tmp:
-        tmp.write_text("".join(f"{v} {j} " + " ".join(f"{s:.6g}" for s in rows[i, j]) + "\n"
-                               for i, v in enumerate(result["vids"]) for j in range(LOCALIZE_POINTS)))
+    frame_io.atomic_write_bytes(loc_path, "".join(f"{v} {j} " + " ".join(f"{s:.6g}" for s in rows[i, j]) + "\n"
+                               for i, v in enumerate(result["vids"]) for j in range(LOCALIZE_POINTS)).encode())
     return cls_path, loc_path
 
 
@@ -92,12 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default, exact); bf16/fp16 faster")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="threads decoding frames ahead of the network (0: none)")
-    p.add_argument("--max-videos", type=int, default=None, help="only the first N videos (sorted), for a quick look")
+    p.add_argument("--max-videos", type=positive_int, default=None, help="only the first N videos (sorted), for a quick look")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--submission", type=Path, default=None,
                    help="also write the official submission files PREFIX_classify.txt / PREFIX_localize.txt")
+    add_allow_gaps(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -111,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    apply_allow_gaps(args.allow_gaps)
     device = select_device(args.device)
     result = evaluate(args.load_model, args.split, args.root, args.mode, subset=args.subset,
                       flow_model=args.flow_model, flow_root=args.flow_root, fusion=args.fusion,

@@ -25,9 +25,11 @@ What is computed (per video):
 Outputs: SAVE_DIR/KEY.npy (KEY keeps the input's folder structure), or with --format h5 one
 SAVE_DIR/features.h5 (features-K-of-N.h5 per shard), one dataset per video with attributes
 fps, stride, frames, endpoint, mode. Every finished video is first saved atomically as
-SAVE_DIR/.pending*/KEY.npy; the HDF5 file is rebuilt from the previous one plus these in a
-temporary file and renamed at the end of the run, so a kill at any moment leaves the last good
-HDF5 file and the finished videos' .npy, which the rerun picks up (never recomputed).
+SAVE_DIR/.pending*/KEY.npz (array and attributes in one file); the HDF5 file is rebuilt from
+the previous one plus these in a temporary file (under a lock on SAVE_DIR, after checking the
+free space) and renamed at the end of the run, so a kill at any moment leaves the last good
+HDF5 file and the finished videos' .npz, which the rerun picks up (never recomputed).
+A full disk stops the run with one line (exit status 3); what was finished is kept.
 
 A rerun skips finished videos. A video that fails is named in the log, in SAVE_DIR/failures.txt
 (failures-K-of-N.txt per shard), the others go on, and the exit status is 1.
@@ -48,7 +50,8 @@ import torch
 import frame_io
 import weights
 from charades_dataset_full import StreamingVideoDataset, VideoSource, charades_sources, input_sources, iter_pieces
-from cli import run_main, select_device, setup_logging
+from cli import (add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device, setup_logging,
+                 size_or_zero)
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from pytorch_i3d import PRECISIONS
 from streaming import (CONV_ENDPOINTS, ResidueMismatch, TemporalChunker, WindowBatcher, WindowStacker, make_runner,
@@ -107,6 +110,8 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                     if i not in states:
                         states[i] = _new_state(args, run, endpoint, item["total"], batcher)
                     states[i].push(item["frames"].numpy())
+                except frame_io.DiskFullError:
+                    raise
                 except Exception as e:  # e.g. frames smaller than the crop, out of memory
                     broken.add(i)
                     states.pop(i, None)
@@ -142,6 +147,8 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                 done += 1
                 frames_total += int(item["count"])
                 bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}")
+            except frame_io.DiskFullError:
+                raise  # every later video would fail too: stop the job, with one line
             except Exception as e:
                 failures.append((key, f"{key}: {e}"))
                 log.error("%s: %s", key, e)
@@ -170,19 +177,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default: equals the reference computation to 1e-4); bf16/fp16 faster")
     p.add_argument("--endpoint", default="Mixed_5c", choices=CONV_ENDPOINTS)
-    p.add_argument("--stack", type=int, default=0, help="frames per window (0: whole video)")
-    p.add_argument("--step", type=int, default=0, help="frames between window starts (default: --stack)")
+    p.add_argument("--stack", type=nonneg_int, default=0, help="frames per window (0: whole video)")
+    p.add_argument("--step", type=nonneg_int, default=0, help="frames between window starts (default: --stack)")
     p.add_argument("--ten-crop", action="store_true", help="10 crops (corners, center, flips) on a crop axis")
-    p.add_argument("--resize", type=int, default=None,
+    p.add_argument("--resize", type=size_or_zero, default=None,
                    help="smaller side to N pixels (0 keeps); default: the Charades rule (upscale if under 226)")
-    p.add_argument("--crop", type=int, default=224, help="center crop size (0: whole frame)")
+    p.add_argument("--crop", type=size_or_zero, default=224, help="center crop size (0: whole frame)")
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decode workers")
-    p.add_argument("--chunk-frames", type=int, default=512,
+    p.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1), help="DataLoader decode workers")
+    p.add_argument("--chunk-frames", type=positive_int, default=512,
                    help="frames per temporal chunk (bounds memory; does not change the result)")
-    p.add_argument("--batch-windows", type=int, default=4,
+    p.add_argument("--batch-windows", type=positive_int, default=4,
                    help="--stack windows per forward pass, taken across videos")
+    add_allow_gaps(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -204,6 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    apply_allow_gaps(args.allow_gaps)
     device = select_device(args.device)
     k, n = parse_shard(args.shard)
     sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
@@ -221,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         failures += [(f"{mode}:{key}" if args.mode == "both" else key, msg) for key, msg in fails]
         failures_file = out_dir / f"failures{tag}.txt"
         if fails:
-            with frame_io.atomic_write(failures_file) as tmp:
-                tmp.write_text("".join(f"{key}\t{msg}\n" for key, msg in fails))
+            frame_io.atomic_write_bytes(failures_file, "".join(f"{key}\t{msg}\n" for key, msg in fails).encode())
         else:
             failures_file.unlink(missing_ok=True)
     if failures:

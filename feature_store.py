@@ -2,6 +2,8 @@
 atomically from finished videos (H5Store); and which videos a shard takes (parse_shard, shard)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import frame_io
-from cli import UserError
+from cli import UserError, dist_env
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,8 @@ log = logging.getLogger(__name__)
 def parse_shard(text: str | None) -> tuple[int, int]:
     """'K/N' -> (K, N); None -> torchrun's RANK / WORLD_SIZE, else (0, 1)."""
     if text is None:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world, _ = dist_env()  # checked: WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE
+        return rank, world
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -34,14 +37,23 @@ def shard(items: list, k: int, n: int) -> list:
     return [v for i, v in enumerate(sorted(items, key=lambda v: v.key)) if i % n == k]
 
 
+def _clean_tree(folder: Path) -> None:
+    """Temporaries of killed runs anywhere under folder (a live process's are kept)."""
+    if folder.is_dir():
+        for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.name.startswith("."))]:
+            frame_io.clean_stale_temps(sub)
+
+
 class NpyStore:
-    """SAVE_DIR/KEY.npy, each written atomically."""
+    """SAVE_DIR/KEY.npy, each written atomically (fsync, rename): the rename is the marker, and
+    a file is trusted only when whole (header and size agree)."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
+        _clean_tree(out_dir)
 
     def done(self, key: str) -> bool:
-        return (self.out_dir / f"{key}.npy").is_file()
+        return frame_io.npy_complete(self.out_dir / f"{key}.npy")
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
         frame_io.save_npy(self.out_dir / f"{key}.npy", array)
@@ -51,14 +63,20 @@ class NpyStore:
 
 
 class H5Store:
-    """One HDF5 file; finished videos go to PENDING/KEY.npy (atomic) and are merged into a
-    rebuilt copy of the HDF5 file that replaces it atomically (close(), or the next run)."""
+    """One HDF5 file; each finished video goes to PENDING/KEY.npz (array and attrs in one file,
+    written atomically, so no kill separates them) and is merged into a rebuilt copy of the HDF5
+    file that replaces it atomically (close(), or the next run). The merge runs under an
+    exclusive lock (flock on the output folder), so runs sharing the file take turns and each merges and
+    deletes exactly the pending files it read; HDF5 is only ever written into the temporary
+    copy, after checking that the disk has room for it."""
 
     def __init__(self, path: Path, pending: Path):
         import h5py
 
         self.h5py, self.path, self.pending = h5py, path, pending
+        self.lock = path.parent  # the output folder itself is locked (flock on the folder)
         self.present: set[str] = set()
+        _clean_tree(pending)
         if path.exists():
             try:
                 with h5py.File(path, "r", locking=False) as f:
@@ -67,33 +85,70 @@ class H5Store:
                 raise UserError(f"{path}: unreadable HDF5 file ({e}); move it away to start over") from e
 
     def _pending(self, key: str) -> Path:
-        return self.pending / f"{key}.npy"
+        return self.pending / f"{key}.npz"
 
     def done(self, key: str) -> bool:
-        return key in self.present or self._pending(key).is_file()
+        legacy = self.pending / f"{key}.npy"  # older versions: .npy + .attrs.json, done only as a pair
+        return (key in self.present or self._pending(key).is_file()
+                or (legacy.is_file() and legacy.with_name(legacy.name[:-4] + ".attrs.json").is_file()))
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
-        frame_io.save_npy(self._pending(key), array)
-        with frame_io.atomic_write(self.pending / f"{key}.attrs.json") as tmp:
-            tmp.write_text(json.dumps(attrs))
+        buf = io.BytesIO()
+        np.savez(buf, array=array, attrs=np.array(json.dumps(attrs)))
+        frame_io.atomic_write_bytes(self._pending(key), buf.getbuffer())
+
+    def _read_pending(self) -> list[tuple[str, list[Path]]]:
+        """[(key, its pending files)] of the finished videos waiting in PENDING."""
+        if not self.pending.is_dir():
+            return []
+        out = []
+        for p in sorted(self.pending.rglob("*")):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            key = p.relative_to(self.pending).as_posix()
+            if p.suffix == ".npz":
+                out.append((key[:-4], [p]))
+            elif p.suffix == ".npy" and p.with_name(p.name[:-4] + ".attrs.json").is_file():
+                out.append((key[:-4], [p, p.with_name(p.name[:-4] + ".attrs.json")]))
+        return out
 
     def close(self) -> None:
-        new = sorted(p for p in self.pending.rglob("*.npy") if not p.name.startswith(".")) if self.pending.is_dir() else []
-        if not new:
-            return
-
-        with frame_io.atomic_write(self.path, suffix=".tmp.h5") as tmp:
-            if self.path.exists():
-                shutil.copyfile(self.path, tmp)
-            with self.h5py.File(tmp, "a", locking=False) as f:
-                for p in new:
-                    key = p.relative_to(self.pending).with_suffix("").as_posix()
-                    if key in f:
-                        continue
-                    ds = f.create_dataset(key, data=np.load(p, allow_pickle=False))
-                    attrs_file = p.with_name(p.name[:-4] + ".attrs.json")
-                    if attrs_file.is_file():
-                        for k, v in json.loads(attrs_file.read_text()).items():
-                            ds.attrs[k] = v
-        shutil.rmtree(self.pending, ignore_errors=True)
+        self.lock.mkdir(parents=True, exist_ok=True)
+        with frame_io.file_lock(self.lock):
+            frame_io.clean_stale_temps(self.path.parent, self.path.name)  # a killed rebuild's copy
+            new = self._read_pending()
+            if not new:
+                return
+            need = (self.path.stat().st_size if self.path.exists() else 0) + sum(
+                f.stat().st_size for _, files in new for f in files) + (1 << 20)
+            if shutil.disk_usage(self.path.parent).free < need:  # HDF5 must not meet a full disk
+                raise frame_io.disk_full(self.path)
+            try:
+                with frame_io.atomic_write(self.path, suffix=".tmp.h5") as tmp:
+                    if self.path.exists():
+                        shutil.copyfile(self.path, tmp)
+                    with self.h5py.File(tmp, "a", locking=False) as f:
+                        for key, files in new:
+                            if key in f:
+                                continue
+                            if files[0].suffix == ".npz":
+                                with np.load(files[0], allow_pickle=False) as z:
+                                    array, attrs = z["array"], json.loads(str(z["attrs"]))
+                            else:
+                                array, attrs = np.load(files[0], allow_pickle=False), json.loads(files[1].read_text())
+                            ds = f.create_dataset(key, data=array)
+                            for k, v in attrs.items():
+                                ds.attrs[k] = v
+                    with open(tmp, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            except (OSError, RuntimeError) as e:
+                if frame_io.is_disk_full(e) or shutil.disk_usage(self.path.parent).free < need:
+                    raise frame_io.disk_full(self.path) from None
+                raise
+            for _, files in new:  # exactly the ones merged: another run's newer files stay
+                for f in files:
+                    f.unlink(missing_ok=True)
+            for d in sorted((p for p in self.pending.rglob("*") if p.is_dir()), reverse=True) + [self.pending]:
+                with contextlib.suppress(OSError):  # only empty folders go; others' files stay
+                    d.rmdir()
         log.info("wrote %s (%d new videos)", self.path, len(new))

