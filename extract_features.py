@@ -7,10 +7,13 @@ What is computed (per video):
 - default: the original pytorch-i3d semantics, i3d.extract_features(whole video) ->
   (T', 1, 1, 1024) float32 with T' = ceil(T/8) - 1 (at least 1), frames resized by the
   Charades rule (upscale only when the smaller side is under 226; --resize N for smaller side N)
-  and center cropped to 224 (--crop). Long videos run in overlapping temporal chunks (starts
-  on multiples of 8, the length residue mod 8 of the whole video, context beyond the network's
-  temporal receptive field on both sides), so the result equals the whole-video computation
-  while memory stays bounded by --chunk-frames, whatever the length.
+  and center cropped to 224 (--crop). Every video streams through streaming.py's engine in
+  chunks of --chunk-frames: each layer keeps just the frames it still needs from one chunk to
+  the next and the whole video's padding is applied at its ends, so the result equals the
+  whole-video computation (no frame computed twice) while memory stays bounded by the chunk,
+  whatever the length. The engine needs the frame count first: frame folders know it; for a
+  video file the container's count is used, and if decoding finds another count the video is
+  read again with the true one (rare; never a wrong result).
 - --endpoint E (an earlier endpoint such as Mixed_4f): that endpoint's map averaged over
   space, (T_E, C) with T_E = ceil(T / stride_E). Mixed_5c (default) keeps the pooled output above.
 - --stack N --step S (as video_features): one feature per window of N frames starting every S
@@ -51,8 +54,8 @@ from charades_dataset_full import StreamingVideoDataset, VideoSource, charades_s
 from cli import run_main, select_device, setup_logging
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from pytorch_i3d import PRECISIONS
-from streaming import (CONV_ENDPOINTS, ResidueMismatch, TemporalChunker, WindowBatcher, WindowStacker, make_runner,
-                       temporal_geometry)
+from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
+                       make_runner, temporal_stride)
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,12 @@ log = logging.getLogger(__name__)
 # The extraction loop
 # ----------------------------------------------------------------------------------------------
 
-def _new_state(args: argparse.Namespace, run: Callable, endpoint: str, total: int,
-               batcher: WindowBatcher | None = None):
+def _new_state(args: argparse.Namespace, model: torch.nn.Module, run: Callable, mode: str, device: torch.device,
+               total: int, batcher: WindowBatcher | None = None):
     if args.stack:
         return WindowStacker(run, args.stack, args.step or args.stack, args.batch_windows, batcher)
-    stride, left, right = temporal_geometry(endpoint, pooled=endpoint == "Mixed_5c")
-    return TemporalChunker(run, stride, left, right, args.chunk_frames, total)
+    return VideoStream(model, total, device, args.endpoint, "pooled" if args.endpoint == "Mixed_5c" else "mean", mode,
+                       args.crop if args.ten_crop else 0, args.chunk_frames)
 
 
 def _finish(state, ten_crop: bool) -> np.ndarray:
@@ -83,7 +86,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
     log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo), len(todo))
     endpoint = args.endpoint
     run = make_runner(model, device, mode, endpoint, args.crop if args.ten_crop else 0)
-    stride = args.step or args.stack if args.stack else temporal_geometry(endpoint, endpoint == "Mixed_5c")[0]
+    stride = args.step or args.stack if args.stack else temporal_stride(model, endpoint)
     crop = 0 if args.ten_crop else args.crop
     failures: list[tuple[str, str]] = []
     done = frames_total = 0
@@ -105,7 +108,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
             if item["error"] is None and i not in broken:
                 try:
                     if i not in states:
-                        states[i] = _new_state(args, run, endpoint, item["total"], batcher)
+                        states[i] = _new_state(args, model, run, mode, device, item["total"], batcher)
                     states[i].push(item["frames"].numpy())
                 except Exception as e:  # e.g. frames smaller than the crop, out of memory
                     broken.add(i)
@@ -125,12 +128,12 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
             try:
                 try:
                     array = _finish(states.pop(i), args.ten_crop)
-                except ResidueMismatch as e:
-                    # The container's frame count was off mod 8: read this video again, in
+                except LengthMismatch as e:
+                    # The container's frame count was wrong (rare): read this video again, in
                     # this process, now that its length is known.
                     log.info("%s: %d frames, not the %d its container reported; re-reading", key,
-                             e.total, item["total"])
-                    state = _new_state(args, run, endpoint, e.total)
+                             e.seen, item["total"])
+                    state = _new_state(args, model, run, mode, device, e.seen)
                     for piece in iter_pieces(todo[i], mode, args.resize, crop):
                         if piece["error"]:
                             raise frame_io.FrameError(piece["error"])
@@ -179,8 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader decode workers")
-    p.add_argument("--chunk-frames", type=int, default=512,
-                   help="frames per temporal chunk (bounds memory; does not change the result)")
+    p.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES,
+                   help="frames per engine step (bounds memory; does not change the result)")
     p.add_argument("--batch-windows", type=int, default=4,
                    help="--stack windows per forward pass, taken across videos")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

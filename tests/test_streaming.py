@@ -1,10 +1,10 @@
-"""incremental_i3d: streamed output == whole-video output, for every length, chunking, endpoint."""
+"""streaming.StreamingI3D: streamed output == whole-video output, for every length, chunking, endpoint."""
 import random
 
 import pytest
 import torch
 
-from incremental_i3d import LengthMismatch, StreamingI3D, run_stream
+from streaming import LengthMismatch, StreamingI3D, run_stream
 from pytorch_i3d import VALID_ENDPOINTS, final_avg_pool
 
 try:
