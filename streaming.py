@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
+import threading
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -42,7 +44,9 @@ log = logging.getLogger(__name__)
 
 CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
 HEADS = ("none", "pooled", "logits")
-CHUNK_FRAMES = 64  # default frames per engine push (bounds activation memory; any value gives the same result)
+# Default frames per engine push: bounds activation memory (any value gives the same result);
+# at 224x224 fp32, 32 frames keep a whole extraction near 1 GiB RSS at equal speed to 64 or 128.
+CHUNK_FRAMES = 32
 
 
 class LengthMismatch(RuntimeError):
@@ -288,6 +292,43 @@ class VideoStream:
         return out
 
 
+def background(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `items` in a thread, up to `depth` ahead, so decoding overlaps the network
+    (OpenCV and numpy release the GIL; no worker processes to start or feed). The producer's
+    exceptions are raised here, in order; closing the iterator stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((end, e))
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def _pieces(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
     batch: list[np.ndarray] = []
     for f in frames:
@@ -334,7 +375,7 @@ def _stream(model: nn.Module, frames, device, total: int | None, chunk_frames: i
             if total < 1:
                 raise frame_io.FrameError("no frames")
             stream = VideoStream(model, total, device, out=out, chunk_frames=chunk_frames)
-            for piece in _pieces(frames() if callable(frames) else frames, stream.chunk):
+            for piece in background(_pieces(frames() if callable(frames) else frames, stream.chunk)):
                 stream.push(piece)
             try:
                 return stream.finish()[0]
