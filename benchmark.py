@@ -296,9 +296,8 @@ def benchmark_extraction(args: argparse.Namespace | None = None) -> list[dict]:
     Weights: models/rgb_scratch.pt when present and not random_weights, else random ones."""
     n, mem_frames = _bench_arg(args, "extract_frames", 480), _bench_arg(args, "extract_memory_frames", (250, 2000))
     h, w = _bench_arg(args, "extract_height", 256), _bench_arg(args, "extract_width", 340)
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as name:
+        tmp, rows = Path(name), []
         weights = _weights_file(args, tmp, 157)
 
         def ours(m: int) -> tuple[float, float]:
