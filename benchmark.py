@@ -10,10 +10,10 @@ ratio against the section's baseline row. The paths of a section are timed round
 PyTorch's default (torch.get_num_threads()).
 
 Sections: `model` (the plain eager InceptionI3d against for_inference() in each precision),
-`loading` (benchmark_loading), `train` (benchmark_train_step), `extract`
-(benchmark_extraction) and `flow` (benchmark_dense_flow, from benchmark_flow), each a function
-f(args) -> list of row dicts {"section", "row", "unit", "value", "baseline_row",
-"baseline_value"} (optionally "note"). All benchmark code lives in this file.
+`loading` (benchmark_loading), `train` (benchmark_train_step), `extract` (benchmark_extraction:
+whole processes, the original pytorch-i3d path against extract_features.py, and peak RSS),
+`flow` (benchmark_dense_flow) and `fvd`, each a function f(args) -> list of row dicts {"section",
+"row", "unit", "value", "baseline_row", "baseline_value"} (optionally "note").
 
 Speed does not depend on the weights, so the model section uses random-init weights; when
 models/rgb_scratch.pt exists it is loaded instead, and the cosine / top-1 columns then compare
@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,11 +40,10 @@ import torch.nn.functional as F
 
 import frame_io
 import fvd
+import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
-from charades_dataset_full import StreamingVideoDataset, VideoSource
 from cli import UserError, run_main, select_device, setup_logging
 from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
-from streaming import TemporalChunker, make_runner, temporal_geometry
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
 from tvl1 import _compile_works, end_point_error, tvl1_torch
@@ -116,10 +117,7 @@ def benchmark_model(args: argparse.Namespace) -> list[dict]:
              torch.get_num_threads(), source, resolve_precision("auto", device))
 
     def eager(method: str) -> Callable[[], torch.Tensor]:
-        def run():
-            with torch.inference_mode():
-                return getattr(model, method)(clip)
-        return run
+        return lambda: torch.inference_mode()(getattr(model, method))(clip)
 
     rows = []
     for method in ("forward", "extract_features"):
@@ -145,10 +143,8 @@ def benchmark_model(args: argparse.Namespace) -> list[dict]:
 
 
 def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
-    """Frame pairs/s at 340x256: our TV-L1 (one thread, as each dense_flow.py worker runs it)
-    against OpenCV's TV-L1 with its default threads, on the same pairs in the same run: real
-    consecutive frames of the sample video (when present; `make samples`), then synthetic pairs
-    with known flow, whose end-point errors are reported too (benchmark_flow)."""
+    """Frame pairs/s at 340x256 (benchmark_flow): our TV-L1, one thread as each dense_flow.py worker,
+    against OpenCV's with its default threads, on real (`make samples`) then synthetic pairs."""
     rows = []
     for video in (SAMPLE_VIDEO, None):
         if video is not None and not video.is_file():
@@ -245,105 +241,88 @@ def _bench_arg(args, name: str, default):
     return default if value is None else value
 
 
+def _weights_file(args, folder: Path, num_classes: int) -> Path:
+    """models/rgb_scratch.pt when present (and not --random-weights), else random weights
+    (batch norm calibrated; num_classes logits) saved in folder."""
+    if REAL_WEIGHTS.is_file() and not _bench_arg(args, "random_weights", False):
+        return REAL_WEIGHTS
+    torch.save(calibrated_random_i3d(num_classes=num_classes).state_dict(), folder / "random.pt")
+    return folder / "random.pt"
+
+
+def make_jpeg_video(root: Path, vid: str, n: int, h: int = 256, w: int = 340) -> None:
+    """Charades-layout JPEGs root/VID/VID-000001.jpg...: moving gradients plus noise."""
+    rng, (yy, xx) = np.random.default_rng(0), np.mgrid[0:h, 0:w]
+    (root / vid).mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
+
+
+def original_extract(root: str, vid: str, weights: str, out: str) -> None:
+    """The original pytorch-i3d extract_features.py on one video, as a process of its own: its
+    loader (cv2.imread, BGR->RGB, upscale only under 226, float64 (img/255)*2-1 -> float32),
+    CenterCrop(224), eager InceptionI3d(400) + replace_logits(157) + load_state_dict,
+    extract_features on the whole video, np.save of (T', 1, 1, 1024)."""
+    frames = _original_style_load(Path(root), vid, 1, frame_io.count_charades_frames(root, vid))
+    x = torch.from_numpy(videotransforms.CenterCrop(224)(frames).transpose([3, 0, 1, 2]))
+    model = InceptionI3d(400, in_channels=3)
+    model.replace_logits(157)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        features = model.eval().extract_features(x[None])
+    np.save(out, features.squeeze(0).permute(1, 2, 3, 0).numpy())
+
+
+def run_process(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of a whole process, as /usr/bin/time -v gives them
+    (os.wait4's ru_maxrss: the largest of the process and its reaped children)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")  # until it exits (no pipe deadlock)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds, proc.returncode = time.perf_counter() - t0, os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}): {err[-1500:]}")
+    return seconds, usage.ru_maxrss / 2**20
+
+
 def benchmark_extraction(args: argparse.Namespace | None = None) -> list[dict]:
-    """frames/s extracting one video from JPEG frames: a loop like the original script
-    (cv2.imread, float64 (img/255)*2-1, eager model on the whole video) against ours (decode
-    workers, uint8 until the device, for_inference), in the same run on the same frames, after
-    the same short warm-up, timed round-robin. Reads from args (all optional; benchmark.py's
-    --frames/--size are its model clip and are not used here): extract_frames (500),
-    extract_height (256), extract_width (340), extract_repeat (1), device ('auto'),
-    random_weights (False: models/rgb_scratch.pt when present), workers (2). Each row's note
-    gives the max abs difference of its features to the original-style ones."""
-    n = _bench_arg(args, "extract_frames", 500)
+    """Whole processes on a Charades-layout JPEG video of extract_height x extract_width
+    (256x340): original_extract against `extract_features.py -mode rgb -load_model W -root ROOT
+    -save_dir OUT` at default flags on the same extract_frames (480) frames (seconds; the
+    features must agree to 1e-4), and the peak RSS of ours at extract_memory_frames (250, 2000).
+    Weights: models/rgb_scratch.pt when present and not random_weights, else random ones."""
+    n, mem_frames = _bench_arg(args, "extract_frames", 480), _bench_arg(args, "extract_memory_frames", (250, 2000))
     h, w = _bench_arg(args, "extract_height", 256), _bench_arg(args, "extract_width", 340)
-    resize, crop = _bench_arg(args, "extract_resize", None), _bench_arg(args, "extract_crop", 224)
-    repeat, workers = _bench_arg(args, "extract_repeat", 1), _bench_arg(args, "workers", 2)
-    device = select_device(_bench_arg(args, "device", "auto"))
-    real = MODELS_DIR / "rgb_scratch.pt"
-    if real.is_file() and not _bench_arg(args, "random_weights", False):
-        model = load_model(real, mode="rgb", device=device)
-    else:
-        model = calibrated_random_i3d().to(device)
-    rows: list[dict] = []
-    section, unit = "extract", "frames/s"
-    base_row = "original-style loop (imread, float64 [-1,1], eager fp32, whole video)"
-    with tempfile.TemporaryDirectory() as tmp:
-        root, vid = Path(tmp), "BENCH"
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:h, 0:w]
-        (root / vid).mkdir()
-        for i in range(1, n + 1):  # moving gradients plus noise: JPEGs of a realistic size
-            img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1)
-            img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-            frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
+    with tempfile.TemporaryDirectory() as name:
+        tmp, rows = Path(name), []
+        weights = _weights_file(args, tmp, 157)
 
-        def original_style(count: int) -> np.ndarray:
-            frames = []
-            for i in range(1, count + 1):
-                img = cv2.imread(str(frame_io.charades_frame_path(root, vid, i)))[:, :, [2, 1, 0]]
-                ih, iw = img.shape[:2]
-                if resize is None and min(ih, iw) < 226:
-                    d = 226.0 - min(ih, iw)
-                    sc = 1 + d / min(ih, iw)
-                    img = cv2.resize(img, dsize=(0, 0), fx=sc, fy=sc)
-                elif resize:
-                    img = frame_io.resize_smaller_side(img, resize)
-                frames.append((img / 255.0) * 2 - 1)
-            arr = np.asarray(frames, dtype=np.float32)
-            arr = frame_io.center_crop(arr, crop)
-            x = torch.from_numpy(arr.transpose([3, 0, 1, 2]))[None].to(device)
-            with torch.no_grad():
-                return model.extract_features(x).squeeze(0).permute(1, 2, 3, 0).cpu().numpy()
+        def ours(m: int) -> tuple[float, float]:
+            make_jpeg_video(tmp / f"v{m}", "VID", m, h, w)
+            return run_process([sys.executable, str(Path(__file__).resolve().parent / "extract_features.py"), "-mode",
+                                "rgb", "-load_model", str(weights), "-root", str(tmp / f"v{m}"), "-save_dir",
+                                str(tmp / f"out{m}"), "-q"])
 
-        def ours(count: int, precision: str) -> np.ndarray:
-            fast = model.for_inference(precision=precision, device=device)
-            src = VideoSource(key=vid, layout="charades", path=str(root), vid=vid)
-            dataset = StreamingVideoDataset([src], mode="rgb", resize=resize, crop=crop)
-            stride, left, right = temporal_geometry()
-            chunker = TemporalChunker(make_runner(fast, device), stride, left, right, 512, count)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                                 pin_memory=device.type == "cuda",
-                                                 prefetch_factor=4 if workers else None)
-            for item in loader:
-                if item["error"]:
-                    raise frame_io.FrameError(item["error"])
-                chunker.push(item["frames"].numpy())
-            return chunker.finish()[0].numpy()
-
-        paths = {"fp32": "ours, fp32 (default; for_inference, uint8 until the model, decode workers)",
-                 "bf16": "ours, bf16 (opt-in --precision bf16)"}
-        fns = {base_row: lambda: original_style(n)}
-        fns.update({label: (lambda p=p: ours(n, p)) for p, label in paths.items()})
-        original_style(min(n, 16))  # the same short warm-up for every path
-        for p in paths:
-            ours(min(n, 16), p)
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        outputs: dict[str, np.ndarray] = {}
-        for _ in range(repeat):  # round-robin, so load from other processes hits all alike
-            for label, fn in fns.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                outputs[label] = fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[label].append(time.perf_counter() - t0)
-        ref = outputs[base_row]
-        base_fps = n / float(np.median(times[base_row]))
-        for label in fns:
-            fps = n / float(np.median(times[label]))
-            out = outputs[label]
-            diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
-            # fp32 must agree to 1e-4 (relative to the features' scale where it exceeds 1).
-            if label == paths["fp32"] and not diff <= 1e-4 * max(1.0, float(np.abs(ref).max())):
-                raise AssertionError(f"fp32 extraction differs from the original-style output by {diff}")
-            rows.append({"section": section, "row": label, "unit": unit, "value": fps, "baseline_row": base_row,
-                         "baseline_value": base_fps,
-                         "note": f"{n} frames {h}x{w} JPEG, max abs diff {diff:.1e}"})
-            log.info("%s: %.2f frames/s (x%.2f), max abs diff %.2e", label, fps, fps / base_fps, diff)
+        t_ours = ours(n)[0]
+        t_orig = run_process([sys.executable, "-c", "import sys, benchmark; benchmark.original_extract(*sys.argv[1:])",
+                              str(tmp / f"v{n}"), "VID", str(weights), str(tmp / "original.npy")])[0]
+        ref, got = np.load(tmp / "original.npy"), np.load(tmp / f"out{n}" / "VID.npy")
+        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        if not diff <= 1e-4 * max(1.0, float(np.abs(ref).max())):
+            raise AssertionError(f"extract_features.py differs from the original path by {diff}")
+        base, note = f"original pytorch-i3d path, {n} frames", f"whole process, {h}x{w} JPEG, max abs diff {diff:.1e}"
+        for row, t in ((base, t_orig), (f"extract_features.py defaults, {n} frames", t_ours)):
+            rows.append({"section": "extract", "row": row, "unit": "s", "value": t, "baseline_row": base,
+                         "baseline_value": t_orig, "note": note})
+        rss = {m: ours(m)[1] for m in mem_frames}
+    for m in mem_frames:
+        rows.append({"section": "extract", "row": f"peak RSS, extract_features.py defaults, {m} frames", "unit": "GiB",
+                     "value": rss[m], "baseline_row": f"peak RSS, extract_features.py defaults, {mem_frames[0]} frames",
+                     "baseline_value": rss[mem_frames[0]], "note": f"{h}x{w} JPEG, os.wait4 ru_maxrss"})
     return rows
-
-
 
 
 def benchmark_pairs(size: tuple[int, int] = (340, 256), pairs: int = 8,
@@ -373,17 +352,14 @@ def benchmark_pairs(size: tuple[int, int] = (340, 256), pairs: int = 8,
 def benchmark_flow(size: tuple[int, int] = (340, 256), pairs: int = 8, device: str = "auto", batch: int | None = None,
                    threads: int | None = None, compile_step: bool | None = None, reference: bool = True,
                    video: str | Path | None = SAMPLE_VIDEO, repeat: int = 1) -> dict:
-    """Frame pairs per second of our TV-L1 against OpenCV's TV-L1 (cv2.optflow defaults) on the
-    same pairs (size is width x height), timed back to back in this process, alternating
-    `repeat` times (medians reported, so outside load hits both alike). By default (threads
-    None) OpenCV gets its own default, all cores, and ours ONE thread, as each process of the
-    CLI's `--workers N` (N = cores) runs it: 1 thread per pair stream scales by adding workers,
-    whereas 2 OpenMP threads on a shared 2-core machine lose ~5-10x whenever another process
-    holds a core (each fused kernel waits at a barrier). `threads` gives both that count. Ours
-    is torch.compile'd when a compiler works, in batches of `batch` pairs. Pairs are
-    real consecutive frames of the sample video when it is there (see benchmark_pairs), else
-    synthetic ones, whose end-point errors against the known flow are reported too. The
-    compile / warm-up run is not timed (its seconds are reported as warmup_s)."""
+    """Frame pairs/s of our TV-L1 against OpenCV's (cv2.optflow defaults) on the same pairs (size
+    is width x height), back to back in this process, alternating `repeat` times (medians).
+    threads None: OpenCV its default (all cores), ours ONE thread, as each `--workers N` process
+    of the CLI runs it (2 OpenMP threads on a shared 2-core machine lose ~5-10x whenever another
+    process holds a core); `threads` gives both that count. Ours is torch.compile'd when a
+    compiler works, in batches of `batch` pairs, on real consecutive frames of the sample video
+    when present (benchmark_pairs), else synthetic ones with known flow (end-point errors
+    reported too). The compile / warm-up run is not timed (warmup_s)."""
     dev = select_device(device)
     ours_threads = threads or 1
     cv_threads = threads or cv2.getNumberOfCPUs()
@@ -401,9 +377,8 @@ def _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, 
     w, h = size
     frames, gt, source = benchmark_pairs(size, pairs, video)
     first = np.arange(pairs) if gt is None else np.arange(0, 2 * pairs, 2)  # pair k: frames first[k], first[k] + 1
-    second = first + 1
     i0 = torch.from_numpy(frames[first]).float()[:, None].to(dev)
-    i1 = torch.from_numpy(frames[second]).float()[:, None].to(dev)
+    i1 = torch.from_numpy(frames[first + 1]).float()[:, None].to(dev)
     batch = batch or pairs
     if compile_step is None:
         compile_step = _compile_works(dev)
@@ -415,14 +390,12 @@ def _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, 
     algo = cv2.optflow.DualTVL1OpticalFlow_create()
 
     def opencv() -> np.ndarray:
-        return np.stack([algo.calc(frames[a], frames[b], None) for a, b in zip(first, second)])
+        return np.stack([algo.calc(frames[a], frames[b], None) for a, b in zip(first, first + 1)])
 
     def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)
         t = time.perf_counter()
-        res = fn()
-        return res, time.perf_counter() - t
+        return fn(), time.perf_counter() - t
 
     t = time.perf_counter()
     tvl1_torch(i0[:1], i1[:1], compile_step=compile_step)  # warm-up (and compile), not timed
@@ -438,10 +411,8 @@ def _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, 
             ref_t.append(dt)
     ours_s = float(np.median(ours_t))
     result = dict(source=source, size=f"{w}x{h}", pairs=pairs, batch=batch, device=str(dev), threads=ours_threads,
-                  opencv_threads=cv_threads,
-                  compiled=compile_step, warmup_s=round(warmup_s, 2), repeat=len(ours_t),
-                  tvl1_pairs_per_s=pairs / ours_s,
-                  tvl1_epe=end_point_error(flow, gt, 4) if gt is not None else None)
+                  opencv_threads=cv_threads, compiled=compile_step, warmup_s=round(warmup_s, 2), repeat=len(ours_t),
+                  tvl1_pairs_per_s=pairs / ours_s, tvl1_epe=end_point_error(flow, gt, 4) if gt is not None else None)
     if reference:
         ref_s = float(np.median(ref_t))
         result.update(opencv_tvl1_pairs_per_s=pairs / ref_s,
@@ -502,21 +473,11 @@ def benchmark_train_step(args=None) -> list[dict]:
     if cuda or cpu_has_native_bf16():
         paths[low + (" cudnn.benchmark" if cuda else "")] = make(False, True, cuda)
         paths[low + " channels_last_3d" + (" cudnn.benchmark" if cuda else "")] = make(True, True, cuda)
-    for fn, _ in paths.values():  # warm-up; its loss is the first-step loss compared below
-        fn()
+    # time_round_robin's warm-up call gives each path's first-step loss, compared below
+    medians = time_round_robin({name: fn for name, (fn, _) in paths.items()}, repeat, device)
     first = {name: losses[0] for name, (_, losses) in paths.items()}
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeat):
-        for name, (fn, _) in paths.items():
-            if cuda:
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t)
     torch.backends.cudnn.benchmark = False
-    rate = {name: batch / statistics.median(ts) for name, ts in times.items()}
+    rate = {name: batch / m for name, m in medians.items()}
     shape = f"({batch}, 3, {frames}, {size}, {size})"
     return [{"section": "train", "row": f"{name} {shape}", "unit": "clips/s", "value": v,
              "baseline_row": f"{base} {shape}", "baseline_value": rate[base],
@@ -541,15 +502,11 @@ def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarr
 def benchmark_loading(args=None) -> list[dict]:
     """Clips/s loading 64-frame RGB clips from JPEG frames (256x340): ours against the
     original-style loop, in the same run, checking both give the same pixels."""
-    frames_n = int(getattr(args, "frames", 64) or 64)
-    repeat = int(getattr(args, "repeat", 3) or 3)
-    rng = np.random.default_rng(0)
+    frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
+    base = "original-style loop (cv2, float64)"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "v").mkdir()
-        base = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
-        for i in range(1, frames_n + 1):
-            frame_io.write_image(frame_io.charades_frame_path(root, "v", i), np.roll(base, i, axis=1))
+        make_jpeg_video(root, "v", frames_n)
         item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
 
         def ours() -> np.ndarray:
@@ -559,17 +516,9 @@ def benchmark_loading(args=None) -> list[dict]:
             return _original_style_load(root, "v", 1, frames_n)
 
         assert np.abs(ours() - original()).max() < 1e-5
-        times = {}
-        for name, fn in (("original-style loop (cv2, float64)", original), ("ours (uint8, float32 at the end)", ours)):
-            runs = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                fn()
-                runs.append(time.perf_counter() - t)
-            times[name] = float(np.median(runs))
-    base_name = "original-style loop (cv2, float64)"
-    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t,
-             "baseline_row": base_name, "baseline_value": 1.0 / times[base_name]} for name, t in times.items()]
+        times = time_round_robin({base: original, "ours (uint8, float32 at the end)": ours}, repeat)
+    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t, "baseline_row": base,
+             "baseline_value": 1.0 / times[base]} for name, t in times.items()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,23 +534,14 @@ def benchmark_fvd(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "videos.npy"
         np.save(data, np.random.default_rng(0).integers(0, 256, (n, t, 64, 64, 3), dtype=np.uint8))
-        if REAL_WEIGHTS.is_file() and not getattr(args, "random_weights", False):
-            weights = REAL_WEIGHTS
-        else:
-            torch.manual_seed(0)
-            weights = Path(tmp) / "random.pt"
-            torch.save(InceptionI3d(400, in_channels=3).state_dict(), weights)
+        weights = _weights_file(args, Path(tmp), 400)
         ext = fvd.Extractor(weights=weights, device=device, batch_size=4, workers=2, progress=False)
         eager = load_model(weights, mode="rgb", device=device)
 
+        @torch.inference_mode()
         def plain() -> np.ndarray:
-            videos = np.load(data)
-            out = []
-            with torch.inference_mode():
-                for v in videos:
-                    x = fvd.preprocess(v)[None].to(device)
-                    out.append(eager(x).mean(2).double().cpu().numpy())
-            return np.concatenate(out)
+            return np.concatenate([eager(fvd.preprocess(v)[None].to(device)).mean(2).double().cpu().numpy()
+                                   for v in np.load(data)])
 
         medians = time_round_robin({"plain": plain, "fvd": lambda: ext.features(data)}, max(1, min(args.repeat, 3)),
                                    device)

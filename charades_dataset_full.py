@@ -42,7 +42,8 @@ class VideoSource:
 def open_video(src: VideoSource, mode: str, resize: int | None = None,
                crop: int = 224) -> tuple[int, float, Iterator[np.ndarray]]:
     """(frame count, fps, frame iterator) of a source. The count is exact for frame folders and
-    the container's figure for video files (the caller checks it against what was decoded);
+    the container's figure for video files (counted by a grab() pass where the container has
+    none; the caller checks it against what was decoded);
     fps is nan where unknown. Frames are uint8 (H, W, 3) RGB or (H, W, 2) flow, resized and
     cropped. Raises FrameError for a missing or unreadable source."""
     if src.layout == "charades":
@@ -72,6 +73,8 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     else:
         total, fps, _, _ = frame_io.video_info(src.path)
+        if total <= 0:  # no count in the container (some webm, gif): count the frames first
+            total = frame_io.count_video_frames(src.path)
         frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     if crop:
         frames = (frame_io.center_crop(f, crop) for f in frames)

@@ -127,7 +127,7 @@ def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_fr
                       min_frames: int = 1) -> np.ndarray:
     """Per-frame sigmoid probabilities (C, num_frames) float32 of a Charades-layout video
     (root/VID/VID-000001.jpg; flow VID-000001x.jpg / y.jpg): the whole video through the
-    network exactly (stream_features), the logits layer on the pooled features, per-time
+    network exactly (stream_logits), the logits layer on the pooled features, per-time
     logits upsampled to the frames. return_logits gives the upsampled logits instead.
     An InceptionI3d is first copied with for_inference('fp32') (pass one from
     inference_model to avoid the copy per video). pool: threads that decode ahead. A video

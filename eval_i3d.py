@@ -6,8 +6,8 @@
 
 What is computed, for every video of the subset (default: testing) found under -root:
 - The whole video goes through the network at once, exactly and in bounded memory
-  (streaming.stream_features: overlapping temporal chunks that equal the single
-  whole-video pass). Frames: the Charades rule (upscale only when the smaller side is under
+  (streaming.stream_logits: every layer streams over chunks and keeps just the frames it
+  still needs, equal to the single whole-video pass). Frames: the Charades rule (upscale only when the smaller side is under
   226; --resize N for smaller side N), center crop --crop (224).
 - The logits layer (a 1x1x1 convolution) on the pooled features gives per-time logits
   (C, T'), T' = ceil(T/8) - 1, upsampled to the video's T frames as training does

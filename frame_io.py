@@ -185,6 +185,19 @@ def video_info(path: str | Path) -> tuple[int, float, int, int]:
         cap.release()
 
 
+def count_video_frames(path: str | Path) -> int:
+    """The frames a video file really has: a pass of grab() without retrieve (demuxes and
+    decodes, no colour conversion or copy out). For containers that report no count."""
+    cap = _open_video(path)
+    try:
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
 def _open_video(path: str | Path) -> cv2.VideoCapture:
     path = Path(path)
     if not path.is_file():

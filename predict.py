@@ -6,9 +6,9 @@
 
 INPUT is a video file (anything OpenCV decodes) or a folder of frame images sorted by name.
 Frames: smaller side to --resize pixels, center crop --crop, values in [-1, 1]. The logits are
-averaged over time; two-stream adds the RGB and flow logits, then softmax. Long videos are
-streamed through the network in overlapping windows, so memory does not grow with length
-and the result equals running the whole video at once.
+averaged over time; two-stream adds the RGB and flow logits, then softmax. Every video streams
+through the network in chunks (streaming.py: each layer keeps just the frames it still needs),
+so memory does not grow with length and the result equals running the whole video at once.
 """
 from __future__ import annotations
 
@@ -69,15 +69,17 @@ def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.dev
 def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarray]], total: int | None,
                  device: torch.device) -> torch.Tensor:
     """Time-averaged logits (num_classes,) of a whole frame stream (`frames` returns a fresh
-    iterator; `total` is the expected frame count, used to align the streamed windows)."""
+    iterator; `total` is the expected frame count the engine is built for: if the stream has
+    another, it is read again with the true count)."""
     return stream_logits(model, frames, device, total=total).mean(dim=1)
 
 
 def frame_count(source: Path) -> int | None:
-    """Frames in a folder, or the count a video's container reports (may be off by a few)."""
+    """Frames in a folder, or the count a video's container reports (may be off by a few: then
+    the video is read again); counted by a grab() pass when the container has none."""
     if source.is_dir():
         return len(frame_io.list_frame_files(source))
-    return frame_io.video_info(source)[0] or None
+    return frame_io.video_info(source)[0] or frame_io.count_video_frames(source) or None
 
 
 def build_model(weights: Path, mode: str, device: torch.device, precision: str) -> torch.nn.Module:

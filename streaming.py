@@ -1,139 +1,420 @@
-"""Exact, bounded-memory streaming of whole videos through I3D (the engine behind
-extract_features.py, eval_i3d.py, predict.py and training's validation).
+"""The one streaming engine every job uses (extract_features.py, predict.py, eval_i3d.py,
+training's validation): an I3D over a frame stream of any length, exact and bounded in memory.
 
-- temporal_geometry: which input frames each output step of an endpoint depends on.
-- TemporalChunker: overlapping temporal chunks whose kept outputs equal the whole-video pass.
-- WindowStacker / WindowBatcher: --stack windows, batched across videos.
-- make_runner: uint8 frames -> model outputs (optionally ten crops).
-- stream_features / stream_logits: a whole frame stream -> features / per-time logits.
+    engine = StreamingI3D(model, total_frames=T)          # InceptionI3d (eval) or FastInceptionI3d
+    outs = [engine.push(chunk) for chunk in chunks]       # chunk: (B, C, t, H, W), model range
+    outs.append(engine.finish())
+    features = torch.cat(outs, dim=2)                     # == model.extract_features(whole video)
+
+- StreamingI3D: every temporal conv / pool keeps, from one chunk to the next, just the frames
+  it still needs; the whole video's TF-SAME padding is applied at the first and last chunk;
+  every frame passes every layer once (stream_layers.py: the layer stages, whose geometry is
+  read from the model's own layers). The front padding of a stride-2 layer depends on the
+  video's length, so the engine needs the frame count T before the first chunk; a stream of
+  another length raises LengthMismatch (never a silently wrong result).
+- VideoStream: uint8 frames (n, H, W, C) of one video -> the engine in chunks of
+  `chunk_frames` (ten crops as a batch of 10), in the output layouts of extract_features.py.
+- stream_features / stream_logits: a whole frame stream -> features / per-time logits; a
+  frame count that proves wrong (a video container's figure) costs a re-read with the true one.
+- WindowStacker / WindowBatcher / make_runner: --stack windows, each its own forward pass.
 - unwrap / inference_model: the eval-only copy of a (possibly wrapped) model.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import os
+import queue
 import tempfile
+import threading
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import frame_io
 from cli import UserError
-from pytorch_i3d import VALID_ENDPOINTS, InceptionI3d, same_padding
+from pytorch_i3d import (VALID_ENDPOINTS, FastInceptionI3d, InceptionI3d, MaxPool3dSamePadding, Unit3D, _FastMaxPool,
+                         _FastUnit, _triple, squeeze_logits)
+from stream_layers import (Pointwise, TemporalStream, empty_like_time, finish_chain, layer_stage, out_channels,
+                           run_chain)
 
 log = logging.getLogger(__name__)
 
-
 CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
+HEADS = ("none", "pooled", "logits")
+# Default frames per engine push: bounds activation memory (any value gives the same result);
+# at 224x224 fp32, 32 frames keep a whole extraction near 1 GiB RSS at equal speed to 64 or 128.
+CHUNK_FRAMES = 32
 
 
-ALIGN = 8  # chunk starts and length residues are taken mod the network's total temporal stride
+class LengthMismatch(RuntimeError):
+    """The stream's frame count differs from the total the engine was built for; `seen` is the
+    number of frames the stream had (at least, when it had more than `expected`)."""
+
+    def __init__(self, seen: int, expected: int):
+        if seen < expected:
+            msg = f"stream ended after {seen} frames, not total_frames={expected}"
+        else:
+            msg = f"stream has at least {seen} frames, more than total_frames={expected}"
+        super().__init__(msg)
+        self.seen = seen
+        self.expected = expected
 
 
-# (kernel, stride) in time of every endpoint; Inception blocks reach one step either side
-# (their 3x3x3 convs and 3x3x3 max pool), endpoints not listed are 1 frame wide in time.
-_TEMPORAL = {"Conv3d_1a_7x7": (7, 2), "Conv3d_2c_3x3": (3, 1), "MaxPool3d_4a_3x3": (3, 2),
-             "MaxPool3d_5a_2x2": (2, 2)}
+class StreamingI3D:
+    """Push a video's frames in chunks, get the whole-video output of `model` step by step.
 
+    model: InceptionI3d (in eval mode) or FastInceptionI3d. total_frames: the video's length T.
+    head: 'none' -> the map of `endpoint` (any convolutional endpoint the model has);
+    'pooled' -> `endpoint` + final_avg_pool (for Mixed_5c: model.extract_features);
+    'logits' -> per-time logits (B, classes, T') as model.forward with final_endpoint 'Logits'.
+    push(x) takes (B, C, t, H, W) in model range (t may be 0, H, W fixed for the stream) and
+    returns the newly completed output steps (possibly 0); finish() returns the rest.
+    Concatenated on axis 2 they equal the whole-video output. Memory is bounded by the chunk.
+    """
 
-def temporal_geometry(endpoint: str = "Mixed_5c", pooled: bool = True) -> tuple[int, int, int]:
-    """(stride, left, right): output step j of `endpoint` (with pooled, after the final
-    AvgPool3d of kernel 2 in time) depends on input frames stride*j - left .. stride*j + right,
-    for every TF-SAME padding phase. Mixed_5c pooled gives (8, 47, 62): 110 frames."""
-    layers = [_TEMPORAL.get(n, (3, 1) if n.startswith("Mixed") else (1, 1))
-              for n in CONV_ENDPOINTS[:CONV_ENDPOINTS.index(endpoint) + 1]]
-    stride = math.prod(s for _, s in layers)
-    # The padding before depends on the input length's parity at stride-2 layers: try both.
-    choices = [sorted({same_padding(n, k, s)[0] for n in (10, 11)}) for k, s in layers]
-    if pooled:
-        layers, choices = layers + [(2, 1)], choices + [[0]]  # 'valid' average pool
-    j = 1000
-    left = right = 0
-    for pads in itertools.product(*choices):
-        a = b = j
-        for (k, s), p in zip(reversed(layers), reversed(pads)):
-            a, b = s * a - p, s * b - p + k - 1
-        left, right = max(left, stride * j - a), max(right, b - stride * j)
-    return stride, left, right
-
-
-class ResidueMismatch(RuntimeError):
-    """The stream's length differed (mod 8) from the one its middle chunks were computed for."""
-
-    def __init__(self, total: int):
-        super().__init__(f"stream had {total} frames, not the expected length residue; rerun with total={total}")
-        self.total = total
-
-
-class TemporalChunker:
-    """Feed a video's frames in order (push), get the whole-video output (finish).
-
-    `run` maps uint8 frames (1, L, H, W, C) to outputs (1, crops, L', ...) with time on axis 2.
-    Middle chunks [s, e) start on a multiple of 8, keep `left` frames of context before the
-    first output they contribute and `right` after the last, and have e - s = T (mod 8), so
-    every TF-SAME padding in them has the whole video's phase: their kept outputs are exact.
-    Only `chunk_frames` + context frames are ever buffered."""
-
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], stride: int, left: int, right: int,
-                 chunk_frames: int = 512, total: int | None = None):
-        self.run, self.stride, self.left, self.right = run, stride, left, right
-        self.core = max(1, chunk_frames // stride)  # output steps kept per middle chunk
-        self.residue = (total or 0) % ALIGN
-        self.pieces: list[np.ndarray] = []
-        self.buf_start = 0  # frame index of the first buffered frame
+    def __init__(self, model: nn.Module, total_frames: int, endpoint: str = "Mixed_5c", head: str = "pooled"):
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; one of {', '.join(HEADS)}")
+        if int(total_frames) < 1:
+            raise ValueError(f"total_frames must be >= 1, got {total_frames}")
+        self.fast = isinstance(model, FastInceptionI3d)
+        if not self.fast and not isinstance(model, InceptionI3d):
+            raise TypeError(f"expected InceptionI3d or FastInceptionI3d, got {type(model).__name__}")
+        if not self.fast and model.training:
+            raise ValueError("put the model in eval mode (model.eval()): batch statistics cannot be streamed")
+        layers = model.features._modules if self.fast else {n: model._modules[n] for n in model.end_points}
+        if endpoint not in layers:
+            raise ValueError(f"endpoint {endpoint!r} not in this model ({', '.join(layers)})")
+        if head == "logits" and (endpoint != "Mixed_5c" or not model._has_logits):
+            raise ValueError("head 'logits' needs endpoint Mixed_5c and a model with final_endpoint Logits")
+        self.model, self.total, self.endpoint, self.head = model, int(total_frames), endpoint, head
+        self.device = model.device if self.fast else next(model.parameters()).device
+        self.dtype = model.dtype if self.fast else None
+        self.in_channels = model.in_channels
+        self.stages: list = []
+        self.layers: list[nn.Module] = []
+        self.lengths = [self.total]  # input length of every stage over the whole video
+        for i, (name, m) in enumerate(layers.items()):
+            stage, n = layer_stage(m, self.lengths[-1], self.fast, i == 0)
+            self.stages.append(stage)
+            self.lengths.append(n)
+            self.layers.append(m)
+            if name == endpoint:
+                break
+        n = self.lengths[-1]
+        if self.fast:  # the fast model's outputs are float32 (pooled and logits computed in fp32)
+            self.stages.append(Pointwise(lambda x: x.float()))
+        if head != "none":
+            k = min(2, n)
+            self.stages.append(TemporalStream(
+                lambda x, k=k: F.avg_pool3d(x, (k, min(7, x.shape[3]), min(7, x.shape[4])), stride=1),
+                k, 1, n, pads=(0, 0), channels_last=self.fast))
+            n = n - k + 1
+        if head == "logits":
+            sq = model._spatial_squeeze
+            if self.fast:
+                self.stages.append(Pointwise(lambda x: squeeze_logits(model.logits(x), sq)))
+            else:
+                self.stages.append(Pointwise(lambda x: squeeze_logits(model.logits(model.dropout(x)), sq)))
+        self.out_steps = n
         self.seen = 0
-        self.next_out = 0  # first output step not computed yet
-        self.middle_done = False
+        self.emitted = 0
+        self.finished = False
+        self._empty_out: torch.Tensor | None = None
+        self._template: torch.Tensor | None = None
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, t, H, W), got {tuple(x.shape)}")
+        return x.to(device=self.device, dtype=self.dtype) if self.fast else x.to(self.device)
+
+    def _result(self, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            if self._empty_out is None:
+                self._empty_out = self._empty_output()
+            return self._empty_out
+        if self._empty_out is None:
+            self._empty_out = empty_like_time(y)
+        self.emitted += y.shape[2]
+        return y.contiguous()
+
+    @torch.inference_mode()
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        """Feed the next t frames; returns the output steps they complete (B, C', t', ...)."""
+        if self.finished:
+            raise RuntimeError("push after finish")
+        x = self._prepare(x)
+        if self.seen + x.shape[2] > self.total:
+            raise LengthMismatch(self.seen + x.shape[2], self.total)
+        if self._template is None:
+            self._template = empty_like_time(x)
+        elif x.shape[0] != self._template.shape[0] or x.shape[3:] != self._template.shape[3:]:
+            raise ValueError(f"chunk {tuple(x.shape)} differs in batch or frame size from the stream's first "
+                             f"{tuple(self._template.shape)}")
+        self.seen += x.shape[2]
+        return self._result(run_chain(self.stages, x) if x.shape[2] else None)
+
+    @torch.inference_mode()
+    def finish(self) -> torch.Tensor:
+        """The remaining output steps, once all total_frames frames were pushed."""
+        if self.finished:
+            raise RuntimeError("finish called twice")
+        if self.seen != self.total:
+            raise LengthMismatch(self.seen, self.total)
+        self.finished = True
+        out = self._result(finish_chain(self.stages))
+        if self.emitted != self.out_steps:
+            raise RuntimeError(f"streamed {self.emitted} output steps, expected {self.out_steps}")
+        return out
+
+    def _empty_output(self) -> torch.Tensor:
+        """(B, C', 0, ...): the output of a push that completes no step (shape from the layers)."""
+        t = self._template
+        c, h, w = t.shape[1], t.shape[3], t.shape[4]
+        for m in self.layers:
+            c = out_channels(m, c)
+            if isinstance(m, (Unit3D, MaxPool3dSamePadding, _FastUnit, _FastMaxPool)):
+                stride = _triple(m.stride) if isinstance(m, MaxPool3dSamePadding) else m._stride
+                h, w = -(-h // stride[1]), -(-w // stride[2])
+        dtype = torch.float32 if self.fast else t.dtype
+        if self.head != "none":
+            h, w = h - min(7, h) + 1, w - min(7, w) + 1
+        if self.head == "logits":
+            c = self.model.logits.out_channels if self.fast else self.model.logits.conv3d.out_channels
+            if self.model._spatial_squeeze:
+                return torch.empty((t.shape[0], c, 0), dtype=dtype, device=t.device)
+        return torch.empty((t.shape[0], c, 0, h, w), dtype=dtype, device=t.device)
+
+
+
+def run_stream(model: nn.Module, chunks: Iterable[torch.Tensor], total_frames: int, endpoint: str = "Mixed_5c",
+               head: str = "pooled") -> torch.Tensor:
+    """Stream `chunks` (each (B, C, t, H, W)) through `model`; the whole-video output."""
+    engine = StreamingI3D(model, total_frames, endpoint, head)
+    outs = [engine.push(c) for c in chunks]
+    outs.append(engine.finish())
+    return torch.cat(outs, dim=2)
+
+
+def temporal_stride(model: nn.Module, endpoint: str = "Mixed_5c") -> int:
+    """Input frames per output step of `endpoint`, from the model's own layers (8 for Mixed_5c)."""
+    n = 4096  # a multiple of every stride: ceil(n / s) = n / s
+    return n // StreamingI3D(model, n, endpoint, head="none").lengths[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames of one video -> the engine
+# ----------------------------------------------------------------------------------------------
+
+OUTPUTS = {"pooled": "pooled", "mean": "none", "logits": "logits"}
+
+
+class VideoStream:
+    """uint8 frames (n, H, W, C) of one video, pushed in pieces of any size, through
+    StreamingI3D in chunks of `chunk_frames`; finish() gives the whole-video output:
+    out='pooled' -> (crops, T', h, w, C), endpoint + final avg pool (Mixed_5c: extract_features);
+    out='mean' -> (crops, T_E, C), the endpoint's map averaged over space (per chunk: small);
+    out='logits' -> (crops, classes, T'), as forward() of the whole video.
+    ten_crop=S: 4 corners + center and their flips (flow: x negated), run as a batch of 10.
+    A stream of another length than `total` raises LengthMismatch from finish(), its `seen`
+    the frames actually pushed, so the caller can read the video again with that length."""
+
+    def __init__(self, model: nn.Module, total: int, device: torch.device | str = "cpu", endpoint: str = "Mixed_5c",
+                 out: str = "pooled", mode: str = "rgb", ten_crop: int = 0, chunk_frames: int = CHUNK_FRAMES):
+        if out not in OUTPUTS:
+            raise ValueError(f"unknown output {out!r}; one of {', '.join(OUTPUTS)}")
+        self.engine = StreamingI3D(model, total, endpoint, OUTPUTS[out])
+        self.device, self.out, self.mode, self.ten_crop = torch.device(device), out, mode, ten_crop
+        self.total, self.chunk = int(total), max(1, int(chunk_frames))
+        self.pending: list[torch.Tensor] = []
+        self.buffered = self.seen = 0
+        self.overflow = False  # more frames than total: only counted from then on
         self.outputs: list[torch.Tensor] = []
 
-    def _start(self) -> int:
-        s = max(0, self.stride * self.next_out - self.left)
-        return s - s % ALIGN
-
-    def _planned_end(self) -> int:
-        need = self.stride * (self.next_out + self.core - 1) + self.right + 1
-        return need + (self.residue - need) % ALIGN
-
-    def _frames(self, s: int, e: int) -> np.ndarray:
-        buf = np.concatenate(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
-        self.pieces = [buf]
-        return buf[s - self.buf_start:e - self.buf_start]
-
-    def _drop_before(self, s: int) -> None:
-        if s > self.buf_start:
-            self.pieces = [self._frames(s, self.seen).copy()]
-            self.buf_start = s
-
-    def push(self, frames: np.ndarray) -> None:
-        if len(frames) == 0:
+    def push(self, frames: np.ndarray | torch.Tensor) -> None:
+        frames = torch.as_tensor(frames)
+        frames = frames[..., None] if frames.dim() == 3 else frames
+        self.seen += frames.shape[0]
+        if self.overflow or frames.shape[0] == 0:
             return
-        self.pieces.append(frames)
-        self.seen += len(frames)
-        while self.seen >= self._planned_end():
-            s, e = self._start(), self._planned_end()
-            out = self.run(torch.from_numpy(self._frames(s, e))[None])[0]
-            first = self.next_out - s // self.stride
-            self.outputs.append(out[:, first:first + self.core])
-            self.next_out += self.core
-            self.middle_done = True
-            self._drop_before(self._start())
+        self.pending.append(frames)
+        self.buffered += frames.shape[0]
+        while self.buffered >= self.chunk:
+            self._run(self.chunk)
+
+    def _run(self, n: int) -> None:
+        buf = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        rest = buf[n:]
+        self.pending, self.buffered = ([rest] if rest.shape[0] else []), rest.shape[0]
+        try:
+            y = self.engine.push(self._input(buf[:n]))
+        except LengthMismatch:
+            self.overflow, self.pending, self.buffered = True, [], 0
+            return
+        self.outputs.append(self._format(y))
+
+    def _input(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.to(self.device, non_blocking=True)
+        # (n, H, W, C) -> (1, C, n, H, W) as a view: already the channels-last-3d layout.
+        x = frame_io.to_model_range(x.permute(3, 0, 1, 2)[None])
+        if not self.ten_crop:
+            return x
+        size, (h, w) = self.ten_crop, x.shape[-2:]
+        if min(h, w) < size:
+            raise frame_io.FrameError(f"frames of {h}x{w} are smaller than the {size} ten-crop")
+        crops = [x[..., t:t + size, left:left + size] for t, left in ten_crop_boxes(h, w, size)]
+        flipped = [c.flip(-1) for c in crops]
+        if self.mode == "flow":  # mirrored motion: x displacement changes sign
+            flipped = [frame_io.negate_flow_x(c, axis=1) for c in flipped]
+        return torch.cat(crops + flipped)
+
+    def _format(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.float()
+        if self.out == "pooled":
+            y = y.permute(0, 2, 3, 4, 1)
+        elif self.out == "mean":
+            y = y.mean(dim=(3, 4)).transpose(1, 2)
+        return y.cpu()
 
     def finish(self) -> torch.Tensor:
-        """(crops, T_out, ...) for the whole stream; ResidueMismatch if the guess was wrong."""
-        total = self.seen
-        if total == 0:
-            raise frame_io.FrameError("no frames")
-        if self.middle_done and total % ALIGN != self.residue:
-            raise ResidueMismatch(total)
-        s = self._start()
-        out = self.run(torch.from_numpy(self._frames(s, total))[None])[0]
-        self.outputs.append(out[:, self.next_out - s // self.stride:])
-        self.pieces = []
-        return torch.cat(self.outputs, dim=1)
+        if self.overflow:
+            raise LengthMismatch(self.seen, self.total)
+        if self.buffered:
+            self._run(self.buffered)
+            if self.overflow:
+                raise LengthMismatch(self.seen, self.total)
+        self.outputs.append(self._format(self.engine.finish()))
+        out = torch.cat(self.outputs, dim=2 if self.out == "logits" else 1)
+        self.outputs = []
+        return out
 
+
+def background(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `items` in a thread, up to `depth` ahead, so decoding overlaps the network
+    (OpenCV and numpy release the GIL; no worker processes to start or feed). The producer's
+    exceptions are raised here, in order; closing the iterator stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((end, e))
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _pieces(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == n:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def _spooled(frames: Iterable[np.ndarray]) -> tuple[int, Callable[[], Iterator[np.ndarray]], Callable[[], None]]:
+    """Copy a one-shot frame stream to a temporary file (memory stays bounded) to learn its
+    length: (count, a function that replays the frames, cleanup)."""
+    tmp = tempfile.NamedTemporaryFile(prefix="i3d-frames-", suffix=".u8", delete=False)
+    shape = None
+    count = 0
+    with tmp:
+        for f in frames:
+            if shape is None:
+                shape = f.shape
+            elif f.shape != shape:
+                raise frame_io.FrameError(f"frame {count} is {f.shape[:2]}, the first was {shape[:2]}")
+            tmp.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
+            count += 1
+
+    def replay() -> Iterator[np.ndarray]:
+        if count:
+            yield from np.memmap(tmp.name, dtype=np.uint8, mode="r", shape=(count, *shape))
+    return count, replay, lambda: os.unlink(tmp.name)
+
+
+def _stream(model: nn.Module, frames, device, total: int | None, chunk_frames: int, out: str) -> torch.Tensor:
+    device = torch.device(device)
+    if total is None and hasattr(frames, "__len__"):
+        total = len(frames)
+    cleanup = None
+    if total is None and not callable(frames):
+        total, frames, cleanup = _spooled(frames)
+    elif total is None:  # a count pass over a re-readable stream
+        total = sum(1 for _ in frames())
+    try:
+        while True:
+            if total < 1:
+                raise frame_io.FrameError("no frames")
+            stream = VideoStream(model, total, device, out=out, chunk_frames=chunk_frames)
+            for piece in background(_pieces(frames() if callable(frames) else frames, stream.chunk)):
+                stream.push(piece)
+            try:
+                return stream.finish()[0]
+            except LengthMismatch as e:
+                if not callable(frames):
+                    raise
+                # The expected count (a container's figure) was wrong: read again with the true one.
+                log.info("stream had %d frames, not the expected %d; re-reading", e.seen, total)
+                total = e.seen
+    finally:
+        if cleanup is not None:
+            cleanup()
+
+
+def stream_features(model: nn.Module, frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+                    device: torch.device | str = "cpu", total: int | None = None,
+                    chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
+    """extract_features of a whole frame stream, exact and in bounded memory: (T', 1024, h, w).
+
+    frames: uint8 (H, W, C) frames, already resized and cropped, or a function returning a
+    fresh iterator of them. The engine needs the frame count: give `total` (exact, or the
+    container's count) or a sized `frames`; if it proves wrong, a function is read again with
+    the true length and a plain iterator raises LengthMismatch. A plain iterator without any
+    total is first spooled to a temporary file to count it; a function is counted first."""
+    return _stream(model, frames, device, total, chunk_frames, "pooled").permute(0, 3, 1, 2).contiguous()
+
+
+def stream_logits(model: nn.Module, frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+                  device: torch.device | str = "cpu", total: int | None = None,
+                  chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
+    """Per-time logits (C, T') of a whole frame stream, exactly as forward() of the whole
+    video (the logits layer on the pooled features, averaged over space); frames and total as
+    for stream_features. The model needs its logits layer (final_endpoint 'Logits')."""
+    return _stream(model, frames, device, total, chunk_frames, "logits")
+
+
+# ----------------------------------------------------------------------------------------------
+# --stack windows: each window its own forward pass
+# ----------------------------------------------------------------------------------------------
 
 class WindowBatcher:
     """Runs the --stack windows of any number of videos through the network `batch` at a time
@@ -247,82 +528,6 @@ def make_runner(model: torch.nn.Module, device: torch.device, mode: str = "rgb",
                     outs.append(features(c).float().cpu())
             return torch.stack(outs, dim=1)
     return run
-
-
-def _spooled(frames: Iterable[np.ndarray]) -> tuple[int, Callable[[], Iterator[np.ndarray]], Callable[[], None]]:
-    """Copy a one-shot frame stream to a temporary file (memory stays bounded) to learn its
-    length: (count, a function that replays the frames, cleanup)."""
-    tmp = tempfile.NamedTemporaryFile(prefix="i3d-frames-", suffix=".u8", delete=False)
-    shape = None
-    count = 0
-    with tmp:
-        for f in frames:
-            if shape is None:
-                shape = f.shape
-            elif f.shape != shape:
-                raise frame_io.FrameError(f"frame {count} is {f.shape[:2]}, the first was {shape[:2]}")
-            tmp.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
-            count += 1
-
-    def replay() -> Iterator[np.ndarray]:
-        if count:
-            yield from np.memmap(tmp.name, dtype=np.uint8, mode="r", shape=(count, *shape))
-    return count, replay, lambda: os.unlink(tmp.name)
-
-
-def stream_features(model: torch.nn.Module, frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
-                    device: torch.device | str = "cpu", total: int | None = None,
-                    chunk_frames: int = 512) -> torch.Tensor:
-    """extract_features of a whole frame stream, exact and in bounded memory: (T', 1024, h, w).
-
-    frames: uint8 (H, W, C) frames, already resized and cropped, or a function returning a
-    fresh iterator of them. The chunks' TF-SAME padding needs the length mod 8: give `total`
-    (exact, or the container's count) or a sized `frames`; if a guessed total proves wrong, a
-    function is read again with the true length and a plain iterator raises ResidueMismatch. A
-    plain iterator without any total is first spooled to a temporary file to count it."""
-    device = torch.device(device)
-    stride, left, right = temporal_geometry("Mixed_5c", pooled=True)
-    run = make_runner(model, device)
-    if total is None and hasattr(frames, "__len__"):
-        total = len(frames)
-    cleanup = None
-    if total is None and not callable(frames):
-        total, frames, cleanup = _spooled(frames)
-    try:
-        for _ in range(2):
-            chunker = TemporalChunker(run, stride, left, right, chunk_frames, total)
-            source = frames() if callable(frames) else frames
-            batch: list[np.ndarray] = []
-            for f in source:
-                batch.append(f if f.ndim == 3 else f[..., None])
-                if len(batch) == 64:
-                    chunker.push(np.stack(batch))
-                    batch = []
-            if batch:
-                chunker.push(np.stack(batch))
-            try:
-                out = chunker.finish()[0]  # (T', h, w, C)
-                return out.permute(0, 3, 1, 2).contiguous()
-            except ResidueMismatch as e:
-                if not callable(frames):
-                    raise
-                total = e.total
-        raise AssertionError("unreachable")
-    finally:
-        if cleanup is not None:
-            cleanup()
-
-
-def stream_logits(model: torch.nn.Module, frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
-                  device: torch.device | str = "cpu", total: int | None = None) -> torch.Tensor:
-    """Per-time logits (C, T') of a whole frame stream, exactly as forward() of the whole video:
-    the model's logits layer (a 1x1x1 conv) on stream_features, then the mean over space."""
-    feats = stream_features(model, frames, device, total=total)  # (T', 1024, h, w)
-    head = getattr(model.logits, "conv3d", model.logits)  # InceptionI3d's Unit3D, or the fast model's conv
-    p = next(head.parameters())
-    with torch.inference_mode():
-        x = feats.permute(1, 0, 2, 3)[None].to(device=p.device, dtype=p.dtype)  # (1, 1024, T', h, w)
-        return head(x).float().mean(dim=(3, 4))[0].cpu()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

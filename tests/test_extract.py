@@ -85,44 +85,38 @@ def run_cli(*argv: str) -> int:
 # Exactness of the temporal chunking
 # ---------------------------------------------------------------------------------------------
 
-def test_temporal_geometry():
-    assert streaming.temporal_geometry("Mixed_5c", pooled=True) == (8, 47, 62)  # 110-frame receptive field
-    assert streaming.temporal_geometry("Mixed_4f", pooled=False)[0] == 4
-    assert streaming.temporal_geometry("Conv3d_1a_7x7", pooled=False) == (2, 3, 4)
+def test_temporal_stride(model5c):
+    """From the model's own layers: 8 frames per Mixed_5c step, 4 per Mixed_4f, 2 after Conv3d_1a."""
+    assert streaming.temporal_stride(model5c) == 8
+    assert streaming.temporal_stride(model5c, "Mixed_4f") == 4
+    assert streaming.temporal_stride(model5c.for_inference("fp32"), "Conv3d_1a_7x7") == 2
 
 
 def test_chunked_equals_whole_video(model5c, chunk_frames=32):
-    run = streaming.make_runner(model5c, torch.device("cpu"))
-    stride, left, right = streaming.temporal_geometry()
+    fast = model5c.for_inference("fp32")
     for t in (1, 7, 8, 9, 63, 64, 65, 130, 301):
         frames = random_frames(t, seed=t)
         ref = whole_video(model5c, frames)
         assert ref.shape == (max(1, -(-t // 8) - 1), 1, 1, 1024)
-        chunker = streaming.TemporalChunker(run, stride, left, right, chunk_frames, total=t)
+        stream = streaming.VideoStream(fast if t % 2 else model5c, t, chunk_frames=chunk_frames)
         for i in range(0, t, 5):  # odd piece sizes: chunk boundaries fall anywhere
-            chunker.push(frames[i:i + 5])
-        out = chunker.finish()[0].numpy()
+            stream.push(frames[i:i + 5])
+        out = stream.finish()[0].numpy()
         assert out.shape == ref.shape, t
         assert_close(out, ref)
-        if t >= 130:
-            assert len(chunker.outputs) > 2, "long videos must go through several chunks"
 
 
-def test_chunking_needs_its_context_and_residue(model5c):
-    """The checks above are sensitive: too little context, or chunks of the wrong length
-    residue (other TF-SAME padding phase), give visibly different features."""
-    run = streaming.make_runner(model5c, torch.device("cpu"))
-    frames = random_frames(100, seed=1)
-    ref = whole_video(model5c, frames)
-    short = streaming.TemporalChunker(run, 8, 16, 16, 16, total=100)
-    short.push(frames)
-    assert np.abs(short.finish()[0].numpy() - ref).max() > 1e-2
-    wrong = streaming.TemporalChunker(run, 8, 47, 62, 16, total=101)
-    wrong.push(frames)
-    with pytest.raises(streaming.ResidueMismatch):
-        wrong.finish()
-    wrong.middle_done = False  # force the final chunk through: the phase really matters
-    assert np.abs(wrong.finish()[0].numpy() - ref).max() > 1e-2
+def test_wrong_length_raises_with_the_true_count(model5c):
+    """A stream longer or shorter than the total the engine was built for never gives a result:
+    LengthMismatch carries the frames actually pushed (the count to re-read with)."""
+    frames = random_frames(40, seed=1)
+    for total in (33, 48):
+        stream = streaming.VideoStream(model5c, total, chunk_frames=16)
+        for i in range(0, 40, 7):
+            stream.push(frames[i:i + 7])
+        with pytest.raises(streaming.LengthMismatch) as e:
+            stream.finish()
+        assert e.value.seen == 40 and e.value.expected == total
 
 
 def test_endpoint_chunked_equals_whole_video():
@@ -130,11 +124,9 @@ def test_endpoint_chunked_equals_whole_video():
     frames = random_frames(130, seed=2)
     with torch.no_grad():
         ref = model(frames_to_input(frames))[0].mean(dim=(2, 3)).T.numpy()  # (T/4, 832)
-    stride, left, right = streaming.temporal_geometry("Mixed_4f", pooled=False)
-    chunker = streaming.TemporalChunker(streaming.make_runner(model, torch.device("cpu"), endpoint="Mixed_4f"),
-                                 stride, left, right, 16, total=130)
-    chunker.push(frames)
-    out = chunker.finish()[0].numpy()
+    stream = streaming.VideoStream(model.for_inference("fp32"), 130, endpoint="Mixed_4f", out="mean", chunk_frames=16)
+    stream.push(frames)
+    out = stream.finish()[0].numpy()
     assert out.shape == ref.shape == (33, 832)
     assert_close(out, ref)
 
@@ -145,8 +137,10 @@ def test_stream_features_rereads_on_wrong_length(model5c):
     out = streaming.stream_features(model5c, lambda: iter(frames), total=105, chunk_frames=16)
     assert out.shape == (ref.shape[0], 1024, 1, 1)
     assert_close(out.permute(0, 2, 3, 1).numpy(), ref)
-    with pytest.raises(streaming.ResidueMismatch):
+    with pytest.raises(streaming.LengthMismatch):
         streaming.stream_features(model5c, iter(frames), total=105, chunk_frames=16)
+    with pytest.raises(streaming.LengthMismatch):
+        streaming.stream_features(model5c, iter(frames), total=97, chunk_frames=16)
     # A one-shot iterator of unknown length (predict.py's case) is spooled to disk and exact.
     spooled = streaming.stream_features(model5c, (f for f in frames), chunk_frames=16)
     assert_close(spooled.permute(0, 2, 3, 1).numpy(), ref)
@@ -348,6 +342,9 @@ def test_ten_crop_and_flow_flip(model5c):
     center = whole_video(model5c, frame_io.center_crop(frames, 32))
     assert_close(out[4], center)
     assert_close(out[9], whole_video(model5c, frame_io.center_crop(frames, 32)[:, :, ::-1].copy()))
+    stream = streaming.VideoStream(model5c.for_inference("fp32"), 9, ten_crop=32, chunk_frames=8)
+    stream.push(frames)
+    assert_close(stream.finish().numpy(), out)  # the streamed ten crops (a batch of 10) equal the runner's
     flow_model = synthetic_charades.calibrated_random_i3d(in_channels=2, final_endpoint="Mixed_5c")
     flow = random_frames(9, h=32, w=32, c=2, seed=6)
     got = streaming.make_runner(flow_model, torch.device("cpu"), mode="flow", ten_crop=32)(torch.from_numpy(flow)[None])[0]
@@ -377,7 +374,7 @@ def _peak_rss_kib(video: Path, weights: Path, out: Path) -> int:
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     cmd = [sys.executable, "-c", code, sys.executable, str(REPO / "extract_features.py"), "-load_model", str(weights),
            "--input", str(video), "-save_dir", str(out), "--resize", "0", "--crop", "64", "--workers", "0",
-           "--chunk-frames", "128", "-q", "--device", "cpu"]
+           "-q", "--device", "cpu"]  # the engine's default --chunk-frames
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stderr[-2000:]
     return int(r.stdout.split()[-1])
@@ -394,9 +391,10 @@ def test_peak_memory_bounded(tmp_path, weights_file):
     assert rss_long <= 1.25 * rss_short, (rss_short, rss_long)
 
 
-def test_wrong_container_frame_count_is_reread(tmp_path, weights_file, monkeypatch, caplog):
-    """A container that reports the wrong frame count (other length mod 8) costs a re-read,
-    never a wrong result."""
+@pytest.mark.parametrize("offset", [3, -5])
+def test_wrong_container_frame_count_is_reread(tmp_path, weights_file, monkeypatch, caplog, offset):
+    """A container that reports the wrong frame count (more or fewer than decoded) costs a
+    re-read with the true count, never a wrong result."""
     import charades_dataset_full
 
     video = tmp_path / "v" / "clip.mp4"
@@ -405,24 +403,37 @@ def test_wrong_container_frame_count_is_reread(tmp_path, weights_file, monkeypat
             "--chunk-frames", "16", "-q"]
     assert run_cli(*args, "-save_dir", tmp_path / "good") == 0
     real_info = frame_io.video_info
-    monkeypatch.setattr(charades_dataset_full.frame_io, "video_info", lambda p: (real_info(p)[0] + 3,) + real_info(p)[1:])
+    monkeypatch.setattr(charades_dataset_full.frame_io, "video_info",
+                        lambda p: (real_info(p)[0] + offset,) + real_info(p)[1:])
     with caplog.at_level("INFO", logger="extract_features"):
         assert run_cli(*args, "-save_dir", tmp_path / "reread") == 0
     assert "re-reading" in caplog.text
     np.testing.assert_array_equal(np.load(tmp_path / "reread" / "clip.npy"), np.load(tmp_path / "good" / "clip.npy"))
 
 
+def test_count_video_frames(tmp_path):
+    write_video(tmp_path / "clip.mp4", 37, size=32)
+    assert frame_io.count_video_frames(tmp_path / "clip.mp4") == 37
+
+
 def test_benchmark_extraction_rows():
+    """Whole processes: the original pytorch-i3d path and extract_features.py at default flags
+    give equal features (else the benchmark raises); seconds rows, then peak-RSS rows."""
     import types
 
-    args = types.SimpleNamespace(extract_frames=20, extract_height=40, extract_width=48, extract_resize=0,
-                                 extract_crop=32, random_weights=True, workers=0, device="cpu")
+    args = types.SimpleNamespace(extract_frames=24, extract_memory_frames=(16, 40), extract_height=226,
+                                 extract_width=240, random_weights=True)
     rows = benchmark.benchmark_extraction(args)
-    assert rows[0]["row"] == rows[0]["baseline_row"] == rows[1]["baseline_row"]
-    assert [r["row"].split(",")[0] for r in rows[1:]] == ["ours", "ours"]
+    assert [r["unit"] for r in rows] == ["s", "s", "GiB", "GiB"]
     for r in rows:
-        assert set(r) >= {"section", "row", "unit", "value", "baseline_row", "baseline_value"}
-        assert r["unit"] == "frames/s" and r["value"] > 0 and "max abs diff" in r["note"]
+        assert set(r) >= {"section", "row", "unit", "value", "baseline_row", "baseline_value", "note"}
+        assert r["section"] == "extract" and r["value"] > 0
+    assert rows[0]["row"] == rows[0]["baseline_row"] == rows[1]["baseline_row"]
+    assert rows[0]["row"].startswith("original pytorch-i3d path, 24 frames")
+    assert rows[1]["row"].startswith("extract_features.py defaults, 24 frames")
+    assert float(rows[1]["note"].split("max abs diff ")[1]) <= 1e-4 * 10
+    assert rows[2]["row"] == rows[2]["baseline_row"] == rows[3]["baseline_row"] and "16 frames" in rows[2]["row"]
+    assert "40 frames" in rows[3]["row"] and all(0.1 < r["value"] < 64 for r in rows[2:])
 
 
 def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):

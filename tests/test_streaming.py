@@ -1,10 +1,10 @@
-"""incremental_i3d: streamed output == whole-video output, for every length, chunking, endpoint."""
+"""streaming.StreamingI3D: streamed output == whole-video output, for every length, chunking, endpoint."""
 import random
 
 import pytest
 import torch
 
-from incremental_i3d import LengthMismatch, StreamingI3D, run_stream
+from streaming import LengthMismatch, StreamingI3D, run_stream
 from pytorch_i3d import VALID_ENDPOINTS, final_avg_pool
 
 try:
@@ -179,3 +179,29 @@ def test_bad_arguments(models):
     engine.push(torch.zeros(1, 3, 4, 16, 16))
     with pytest.raises(ValueError):
         engine.push(torch.zeros(1, 3, 4, 16, 24))
+
+
+@pytest.mark.slow
+def test_every_length_1_to_301(models):
+    """The fast model, head 'pooled', every T in 1..301, chunk sizes 8..512 cycled: equal to
+    extract_features of the whole video to 1e-5 relative."""
+    model = models["fast"]
+    chunks = (8, 13, 32, 100, 512)
+    for t in range(1, 302):
+        x = video(t, h=16, w=16, seed=5)
+        with torch.no_grad():
+            ref = model.extract_features(x)
+        chunk = chunks[t % len(chunks)]
+        assert_close(run_stream(model, list(x.split(chunk, dim=2)), t), ref, f"T={t} chunk={chunk}")
+
+
+@pytest.mark.parametrize("chunk", [8, 512])
+def test_every_endpoint_chunk_sizes(models, chunk):
+    """Every endpoint of the fast model, raw map and pooled, at the smallest and largest chunk."""
+    model = models["fast"]
+    x = video(61, seed=6)
+    ref = endpoints(model, x)
+    for ep in CONV_ENDPOINTS:
+        assert_close(run_stream(model, list(x.split(chunk, dim=2)), 61, endpoint=ep, head="none"), ref[ep], ep)
+    assert_close(run_stream(model, list(x.split(chunk, dim=2)), 61, endpoint="Mixed_4c"),
+                 final_avg_pool(ref["Mixed_4c"]), "pooled Mixed_4c")

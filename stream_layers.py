@@ -1,49 +1,28 @@
-"""Exact streaming of I3D over a frame stream of any length, without recomputation.
+"""The layer stages behind streaming.StreamingI3D (internal: jobs use streaming.py).
 
-    engine = StreamingI3D(model, total_frames=T)          # model: InceptionI3d or FastInceptionI3d
-    outs = [engine.push(chunk) for chunk in chunks]       # chunk: (B, C, t, H, W), model range
-    outs.append(engine.finish())
-    features = torch.cat(outs, dim=2)                     # == model.extract_features(whole video)
-
-Every temporal conv / pool keeps, from one chunk to the next, only the input frames its next
-output window still needs; every frame passes every layer once. TF-'SAME' temporal padding
-depends on the length of each layer's input over the whole video, so the engine is built with
-the total frame count T and pads each layer at the first and last chunk as the whole-video
-forward does (zero frames: right for convs, and for max pools, whose inputs follow a ReLU).
-Spatial dimensions are processed exactly as the layers do. Layer geometry is read from the
-model's own layer objects. Inception branches have different temporal latencies; a block
-queues each branch's outputs and emits the time steps all four have.
+Each stage takes a layer's input on the time axis in pieces and returns the output steps they
+complete. A temporal conv / pool (TemporalStream) keeps, from one piece to the next, only the
+input frames its next output window still needs, and applies the whole video's TF-'SAME'
+temporal padding at the first and last piece (zero frames: right for convs, and for max pools,
+whose inputs follow a ReLU); every frame passes every layer once. The geometry (kernel, stride)
+is read from the model's own layer objects (layer_stage). Inception branches have different
+temporal latencies: a block (_Block) queues each branch's output and emits the steps all four
+have.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pytorch_i3d import (VALID_ENDPOINTS, FastInceptionI3d, InceptionI3d, InceptionModule, MaxPool3dSamePadding,
-                         Unit3D, _conv3d, _FastInception, _FastMaxPool, _FastUnit, _triple, same_padding,
-                         squeeze_logits)
+from pytorch_i3d import (InceptionModule, MaxPool3dSamePadding, Unit3D, _conv3d, _FastInception, _FastMaxPool,
+                         _FastUnit, _triple, same_padding)
 
-CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
-HEADS = ("none", "pooled", "logits")
 # _FastInception's branch-3 pool is the function _max_pool_3x3x3 (no layer object): kernel 3,
 # stride 1 in time, as the InceptionModule.b3a it replaces.
 _FAST_BLOCK_POOL = (3, 1)
-
-class LengthMismatch(RuntimeError):
-    """The stream's frame count differs from the total the engine was built for."""
-
-    def __init__(self, seen: int, expected: int):
-        if seen < expected:
-            msg = f"stream ended after {seen} frames, not total_frames={expected}"
-        else:
-            msg = f"stream has at least {seen} frames, more than total_frames={expected}"
-        super().__init__(msg)
-        self.seen = seen
-        self.expected = expected
-
 
 # ----------------------------------------------------------------------------------------------
 # Time-axis helpers
@@ -69,7 +48,7 @@ def _cat_time(parts: list[torch.Tensor | None], channels_last: bool | None = Non
     return torch.cat(parts, dim=2, out=_empty(shape, parts[0], channels_last))
 
 
-def _meta(x: torch.Tensor) -> torch.Tensor:
+def empty_like_time(x: torch.Tensor) -> torch.Tensor:
     """A fresh 0-frame tensor like x (a 0-frame slice of x would keep x's storage alive)."""
     return torch.empty((x.shape[0], x.shape[1], 0, *x.shape[3:]), dtype=x.dtype, device=x.device)
 
@@ -92,7 +71,7 @@ def _spatial_pad(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 # Stages: push(x) -> new output frames or None; finish() -> the rest or None
 # ----------------------------------------------------------------------------------------------
 
-class _Pointwise:
+class Pointwise:
     """A layer of temporal kernel 1 and stride 1: no state, each chunk on its own."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -105,7 +84,7 @@ class _Pointwise:
         return None
 
 
-class _TemporalStream:
+class TemporalStream:
     """A temporal conv / pool of kernel k and stride s over an input of n_in frames (whole video)
     padded by (pf, pb) zero frames. `op` runs the layer on a slice of the padded timeline with
     no temporal padding (its spatial padding as the layer does it). Output j reads padded frames
@@ -135,7 +114,7 @@ class _TemporalStream:
             return None
         self.seen += x.shape[2]
         if self.template is None:  # the first frames: the whole video's front padding
-            self.template = _meta(x)
+            self.template = empty_like_time(x)
             x = _cat_time([self._zeros(self.pf), x], self.channels_last) if self.pf else x
         if self.seen > self.n_in:
             raise RuntimeError(f"layer input longer than planned ({self.seen} > {self.n_in} frames)")
@@ -176,7 +155,7 @@ class _TemporalStream:
         return out
 
 
-def _run_chain(stages: list, x: torch.Tensor | None) -> torch.Tensor | None:
+def run_chain(stages: list, x: torch.Tensor | None) -> torch.Tensor | None:
     for st in stages:
         if x is None:
             return None
@@ -184,7 +163,7 @@ def _run_chain(stages: list, x: torch.Tensor | None) -> torch.Tensor | None:
     return x
 
 
-def _finish_chain(stages: list) -> torch.Tensor | None:
+def finish_chain(stages: list) -> torch.Tensor | None:
     y = None
     for st in stages:
         y = _cat_time([st.push(y) if y is not None else None, st.finish()])
@@ -231,12 +210,12 @@ class _Block:
         if x is None or x.shape[2] == 0:
             return None
         for i, (stages, xi) in enumerate(zip(self.branches, self.entry(x))):
-            self._add(i, _run_chain(stages, xi))
+            self._add(i, run_chain(stages, xi))
         return self._emit()
 
     def finish(self) -> torch.Tensor | None:
         for i, stages in enumerate(self.branches):
-            self._add(i, _finish_chain(stages))
+            self._add(i, finish_chain(stages))
         out = self._emit()
         if any(self.pending):
             raise RuntimeError("Inception branches ended with different lengths")
@@ -306,11 +285,11 @@ def _fast_block_pool(x: torch.Tensor) -> torch.Tensor:
 
 def _unit_stage(op, module_fn, k: int, s: int, n: int, cl: bool):
     if k == 1 and s == 1:
-        return _Pointwise(module_fn)
-    return _TemporalStream(op, k, s, n, channels_last=cl)
+        return Pointwise(module_fn)
+    return TemporalStream(op, k, s, n, channels_last=cl)
 
 
-def _layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object, int]:
+def layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object, int]:
     """The stage for one endpoint's layer over an input of n frames, and its output length."""
     cl = fast and not first  # the fast model is channels-last after the stem (its input is not)
     if isinstance(m, Unit3D):
@@ -329,7 +308,7 @@ def _layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object,
         def branch(*layers):
             out = []
             for layer in layers:
-                st, n_out = _layer_stage(layer, n, False, False)
+                st, n_out = layer_stage(layer, n, False, False)
                 if n_out != n:
                     raise ValueError("an Inception branch with a temporal stride")
                 out.append(st)
@@ -340,147 +319,17 @@ def _layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object,
         def entry(x, m=m):
             y0, y1, y2 = F.relu_(_conv3d(x, m.heads, (0, 0, 0))).split(m._splits, dim=1)
             return y0, y1, y2, x
-        b1, _ = _layer_stage(m.b1b, n, True, False)
-        b2, _ = _layer_stage(m.b2b, n, True, False)
-        b3b, _ = _layer_stage(m.b3b, n, True, False)
-        pool = _TemporalStream(_fast_block_pool, *_FAST_BLOCK_POOL, n, channels_last=True)
+        b1, _ = layer_stage(m.b1b, n, True, False)
+        b2, _ = layer_stage(m.b2b, n, True, False)
+        b3b, _ = layer_stage(m.b3b, n, True, False)
+        pool = TemporalStream(_fast_block_pool, *_FAST_BLOCK_POOL, n, channels_last=True)
         return _Block(entry, [[], [b1], [b2], [pool, b3b]], True), n
     else:
         raise TypeError(f"no streaming rule for layer {type(m).__name__}")
-    return stage, (stage.n_out if isinstance(stage, _TemporalStream) else n)
+    return stage, (stage.n_out if isinstance(stage, TemporalStream) else n)
 
 
-# ----------------------------------------------------------------------------------------------
-# The engine
-# ----------------------------------------------------------------------------------------------
-
-class StreamingI3D:
-    """Push a video's frames in chunks, get the whole-video output of `model` step by step.
-
-    model: InceptionI3d (in eval mode) or FastInceptionI3d. total_frames: the video's length T.
-    head: 'none' -> the map of `endpoint` (any convolutional endpoint the model has);
-    'pooled' -> `endpoint` + final_avg_pool (for Mixed_5c: model.extract_features);
-    'logits' -> per-time logits (B, classes, T') as model.forward with final_endpoint 'Logits'.
-    push(x) takes (B, C, t, H, W) in model range (t may be 0, H, W fixed for the stream) and
-    returns the newly completed output steps (possibly 0); finish() returns the rest.
-    Concatenated on axis 2 they equal the whole-video output. Memory is bounded by the chunk.
-    """
-
-    def __init__(self, model: nn.Module, total_frames: int, endpoint: str = "Mixed_5c", head: str = "pooled"):
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; one of {', '.join(HEADS)}")
-        if int(total_frames) < 1:
-            raise ValueError(f"total_frames must be >= 1, got {total_frames}")
-        self.fast = isinstance(model, FastInceptionI3d)
-        if not self.fast and not isinstance(model, InceptionI3d):
-            raise TypeError(f"expected InceptionI3d or FastInceptionI3d, got {type(model).__name__}")
-        if not self.fast and model.training:
-            raise ValueError("put the model in eval mode (model.eval()): batch statistics cannot be streamed")
-        layers = model.features._modules if self.fast else {n: model._modules[n] for n in model.end_points}
-        if endpoint not in layers:
-            raise ValueError(f"endpoint {endpoint!r} not in this model ({', '.join(layers)})")
-        if head == "logits" and (endpoint != "Mixed_5c" or not model._has_logits):
-            raise ValueError("head 'logits' needs endpoint Mixed_5c and a model with final_endpoint Logits")
-        self.model, self.total, self.endpoint, self.head = model, int(total_frames), endpoint, head
-        self.device = model.device if self.fast else next(model.parameters()).device
-        self.dtype = model.dtype if self.fast else None
-        self.in_channels = model.in_channels
-        self.stages: list = []
-        self.layers: list[nn.Module] = []
-        self.lengths = [self.total]  # input length of every stage over the whole video
-        for i, (name, m) in enumerate(layers.items()):
-            stage, n = _layer_stage(m, self.lengths[-1], self.fast, i == 0)
-            self.stages.append(stage)
-            self.lengths.append(n)
-            self.layers.append(m)
-            if name == endpoint:
-                break
-        n = self.lengths[-1]
-        if self.fast:  # the fast model's outputs are float32 (pooled and logits computed in fp32)
-            self.stages.append(_Pointwise(lambda x: x.float()))
-        if head != "none":
-            k = min(2, n)
-            self.stages.append(_TemporalStream(
-                lambda x, k=k: F.avg_pool3d(x, (k, min(7, x.shape[3]), min(7, x.shape[4])), stride=1),
-                k, 1, n, pads=(0, 0), channels_last=self.fast))
-            n = n - k + 1
-        if head == "logits":
-            sq = model._spatial_squeeze
-            if self.fast:
-                self.stages.append(_Pointwise(lambda x: squeeze_logits(model.logits(x), sq)))
-            else:
-                self.stages.append(_Pointwise(lambda x: squeeze_logits(model.logits(model.dropout(x)), sq)))
-        self.out_steps = n
-        self.seen = 0
-        self.emitted = 0
-        self.finished = False
-        self._empty_out: torch.Tensor | None = None
-        self._template: torch.Tensor | None = None
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input (B, {self.in_channels}, t, H, W), got {tuple(x.shape)}")
-        return x.to(device=self.device, dtype=self.dtype) if self.fast else x.to(self.device)
-
-    def _result(self, y: torch.Tensor | None) -> torch.Tensor:
-        if y is None:
-            if self._empty_out is None:
-                self._empty_out = self._empty_output()
-            return self._empty_out
-        if self._empty_out is None:
-            self._empty_out = _meta(y)
-        self.emitted += y.shape[2]
-        return y.contiguous()
-
-    @torch.inference_mode()
-    def push(self, x: torch.Tensor) -> torch.Tensor:
-        """Feed the next t frames; returns the output steps they complete (B, C', t', ...)."""
-        if self.finished:
-            raise RuntimeError("push after finish")
-        x = self._prepare(x)
-        if self.seen + x.shape[2] > self.total:
-            raise LengthMismatch(self.seen + x.shape[2], self.total)
-        if self._template is None:
-            self._template = _meta(x)
-        elif x.shape[0] != self._template.shape[0] or x.shape[3:] != self._template.shape[3:]:
-            raise ValueError(f"chunk {tuple(x.shape)} differs in batch or frame size from the stream's first "
-                             f"{tuple(self._template.shape)}")
-        self.seen += x.shape[2]
-        return self._result(_run_chain(self.stages, x) if x.shape[2] else None)
-
-    @torch.inference_mode()
-    def finish(self) -> torch.Tensor:
-        """The remaining output steps, once all total_frames frames were pushed."""
-        if self.finished:
-            raise RuntimeError("finish called twice")
-        if self.seen != self.total:
-            raise LengthMismatch(self.seen, self.total)
-        self.finished = True
-        out = self._result(_finish_chain(self.stages))
-        if self.emitted != self.out_steps:
-            raise RuntimeError(f"streamed {self.emitted} output steps, expected {self.out_steps}")
-        return out
-
-    def _empty_output(self) -> torch.Tensor:
-        """(B, C', 0, ...): the output of a push that completes no step (shape from the layers)."""
-        t = self._template
-        c, h, w = t.shape[1], t.shape[3], t.shape[4]
-        for m in self.layers:
-            c = _out_channels(m, c)
-            if isinstance(m, (Unit3D, MaxPool3dSamePadding, _FastUnit, _FastMaxPool)):
-                stride = _triple(m.stride) if isinstance(m, MaxPool3dSamePadding) else m._stride
-                h, w = -(-h // stride[1]), -(-w // stride[2])
-        dtype = torch.float32 if self.fast else t.dtype
-        if self.head != "none":
-            h, w = h - min(7, h) + 1, w - min(7, w) + 1
-        if self.head == "logits":
-            c = self.model.logits.out_channels if self.fast else self.model.logits.conv3d.out_channels
-            if self.model._spatial_squeeze:
-                return torch.empty((t.shape[0], c, 0), dtype=dtype, device=t.device)
-        return torch.empty((t.shape[0], c, 0, h, w), dtype=dtype, device=t.device)
-
-
-def _out_channels(m: nn.Module, c: int) -> int:
+def out_channels(m: nn.Module, c: int) -> int:
     if isinstance(m, Unit3D):
         return m.conv3d.out_channels
     if isinstance(m, _FastUnit):
@@ -490,12 +339,3 @@ def _out_channels(m: nn.Module, c: int) -> int:
     if isinstance(m, _FastInception):
         return m._splits[0] + sum(u.conv.out_channels for u in (m.b1b, m.b2b, m.b3b))
     return c  # max pools
-
-
-def run_stream(model: nn.Module, chunks: Iterable[torch.Tensor], total_frames: int, endpoint: str = "Mixed_5c",
-               head: str = "pooled") -> torch.Tensor:
-    """Stream `chunks` (each (B, C, t, H, W)) through `model`; the whole-video output."""
-    engine = StreamingI3D(model, total_frames, endpoint, head)
-    outs = [engine.push(c) for c in chunks]
-    outs.append(engine.finish())
-    return torch.cat(outs, dim=2)
