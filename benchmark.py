@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,7 +166,35 @@ def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
         for name, value, n in ((base, r["opencv_tvl1_pairs_per_s"], r["source"]), (ours, r["tvl1_pairs_per_s"], note)):
             rows.append({"section": "flow", "row": name, "unit": "pairs/s", "value": value, "baseline_row": base,
                          "baseline_value": r["opencv_tvl1_pairs_per_s"], "note": n})
-    return rows
+    return rows + (flow_whole_process_rows() if SAMPLE_VIDEO.is_file() else [])
+
+
+def flow_whole_process_rows(frames: int = 120, size: tuple[int, int] = (340, 256)) -> list[dict]:
+    """A new user's figure: `dense_flow.py` at its default flags as a whole process (start-up,
+    compile cache, all cores) on ONE video of `frames` frames of the sample resized and cropped
+    to size, against the same command with --method opencv-tvl1 (OpenCV's default threads)."""
+    w, h = size
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "clip.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, size)
+        for k, f in enumerate(frame_io.iter_frames(SAMPLE_VIDEO, resize=h)):
+            if k == frames:
+                break
+            left = (f.shape[1] - w) // 2
+            writer.write(cv2.cvtColor(np.ascontiguousarray(f[:h, left:left + w]), cv2.COLOR_RGB2BGR))
+        writer.release()
+        seconds = {}
+        for method in ("opencv-tvl1", "tvl1"):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, str(Path(__file__).with_name("dense_flow.py")), str(video), "-o",
+                            str(Path(tmp) / method), "--method", method], check=True, capture_output=True)
+            seconds[method] = time.perf_counter() - t
+    base = f"dense_flow.py --method opencv-tvl1, whole process, one {frames}-frame {w}x{h} video"
+    return [{"section": "flow", "row": name, "unit": "s", "value": seconds[m], "baseline_row": base,
+             "baseline_value": seconds["opencv-tvl1"], "note": note}
+            for name, m, note in ((base, "opencv-tvl1", f"{frames - 1} pairs, start-up included"),
+                                  (f"dense_flow.py (default flags), whole process, one {frames}-frame {w}x{h} video",
+                                   "tvl1", f"--workers {os.cpu_count()} (one per core) split the video's pairs"))]
 
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:

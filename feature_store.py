@@ -34,8 +34,14 @@ def shard(items: list, k: int, n: int) -> list:
     return [v for i, v in enumerate(sorted(items, key=lambda v: v.key)) if i % n == k]
 
 
+def _json_attrs(attrs: dict) -> str:
+    """attrs as standard JSON (an unknown fps, nan, becomes null)."""
+    return json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in attrs.items()}, indent=1)
+
+
 class NpyStore:
-    """SAVE_DIR/KEY.npy, each written atomically."""
+    """SAVE_DIR/KEY.npy, each written atomically, with its attributes (fps, frames, each
+    window's start and end in frames and seconds, ...) in the sidecar SAVE_DIR/KEY.json."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
@@ -44,7 +50,15 @@ class NpyStore:
         return (self.out_dir / f"{key}.npy").is_file()
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
+        if attrs:  # the sidecar first: a finished .npy always has its .json
+            with frame_io.atomic_write(self.out_dir / f"{key}.json") as tmp:
+                tmp.write_text(_json_attrs(attrs))
         frame_io.save_npy(self.out_dir / f"{key}.npy", array)
+
+    def load(self, key: str) -> tuple[np.ndarray, dict]:
+        side = self.out_dir / f"{key}.json"
+        return (np.load(self.out_dir / f"{key}.npy", allow_pickle=False),
+                json.loads(side.read_text()) if side.is_file() else {})
 
     def close(self) -> None:
         pass
@@ -76,6 +90,14 @@ class H5Store:
         frame_io.save_npy(self._pending(key), array)
         with frame_io.atomic_write(self.pending / f"{key}.attrs.json") as tmp:
             tmp.write_text(json.dumps(attrs))
+
+    def load(self, key: str) -> tuple[np.ndarray, dict]:
+        if self._pending(key).is_file():
+            side = self.pending / f"{key}.attrs.json"
+            return np.load(self._pending(key), allow_pickle=False), json.loads(side.read_text()) if side.is_file() else {}
+        with self.h5py.File(self.path, "r", locking=False) as f:
+            ds = f[key]
+            return ds[()], {k: v.tolist() if hasattr(v, "tolist") else v for k, v in ds.attrs.items()}
 
     def close(self) -> None:
         new = sorted(p for p in self.pending.rglob("*.npy") if not p.name.startswith(".")) if self.pending.is_dir() else []

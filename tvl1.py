@@ -470,7 +470,8 @@ def gpu_check_flow(frames: np.ndarray, device: str | torch.device = "cuda", batc
     if compile_step is None:
         compile_step = compile_available(dev)
     frames = np.asarray(frames)
-    ref = compute_flow(frames, device="cpu", compile_step=compile_available(torch.device("cpu")))
+    cpu = torch.device("cpu")
+    ref = compute_flow(frames, device=cpu, compile_step=compile_step if dev.type == "cpu" else compile_available(cpu))
     t = torch.from_numpy(np.ascontiguousarray(frames)).float()[:, None].to(dev)
 
     def run() -> np.ndarray:
