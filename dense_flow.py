@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   batch=args.batch, visualize=args.visualize, compile_step=compile_step)
     failures: list[tuple[str, str]] = []
     saved_threads = None
-    if not pooled and device.type == "cpu":
+    if device.type == "cpu":
         # one thread per pair stream (as each --workers process gets): the fused TV-L1 kernels
         # are memory bound, and with 2 OpenMP threads every kernel waits at a barrier whenever
         # another process holds a core (measured 5-10x slower on a shared machine)
@@ -273,7 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = None
         if pooled:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker,
+            context = "spawn"
+            if device.type == "cpu" and "fork" in mp.get_all_start_methods():
+                # compiled once here, then forked: the workers inherit the compiled kernels
+                # instead of each spending ~10 s of CPU importing the compiler and loading them
+                torch.set_num_threads(threads)  # before any parallel region: forking is then safe
+                if compile_step:
+                    kwargs["compile_step"] = compile_available(device)
+                context = "fork"
+            pool = mp.get_context(context).Pool(min(workers, len(jobs)), initializer=_init_worker,
                                                 initargs=(threads,))
             results = pool.imap_unordered(_job, jobs)
         else:

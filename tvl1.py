@@ -355,8 +355,18 @@ def end_point_error(flow: np.ndarray, gt: np.ndarray, border: int = 0) -> float:
 def _compile_works(device: torch.device) -> bool:
     """torch.compile needs a C++ compiler on CPU (Triton on CUDA); try one tiny step, else eager."""
     try:
-        z = torch.zeros(2, 2, 16, 16, device=device)
-        _get_step(True)(z, F.pad(z, (1, 0)), F.pad(z, (0, 0, 1, 0)), z, z[:, :1], z[:, :1], 0.045, 0.3, 0.8333)
+        # the shapes of real use: one pair at a time on CPU, batches on CUDA; height != width
+        # (equal sizes would be traced as one symbol, and the first real call recompile)
+        # (and distinct tensors: aliasing is guarded on too)
+        b = 1 if device.type == "cpu" else 2
+        h, w = 48, 64  # over 4096 values per map: inductor specialises its sums on that size
+        shapes = [(b, 2, h, w), (b, 2, h, w + 1), (b, 2, h + 1, w), (b, 2, h, w), (b, 1, h, w), (b, 1, h, w)]
+        d = TVL1_DEFAULTS  # the exact constants of real use: dynamo specialises on float arguments
+        args = [torch.zeros(s, device=device) for s in shapes]
+        args[3] = torch.zeros(b, 3, h, w, device=device)[:, 1:].contiguous()  # as tvl1_torch's grad_i (strides)
+        with torch.no_grad():  # as tvl1_torch runs (grad mode is guarded on too)
+            _get_step(True)(*args,
+                            float(d["lam"] * d["theta"]), d["theta"], float(d["tau"] / d["theta"]))
         mark_compiled()
         return True
     except Exception as e:  # no compiler, unsupported platform, ...
