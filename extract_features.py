@@ -308,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     k, n = parse_shard(args.shard)
     sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
     mine = shard(sources, k, n)
+    check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
-    check_rates(mine, args.fps)
     modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
     models = {}
     for mode, weights_name in modes:  # both loaded first: wrong weights stop the run before anything is written

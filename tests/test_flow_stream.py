@@ -48,10 +48,12 @@ def weights(tmp_path_factory) -> dict:
 
 
 def run_cli(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          errors="replace")
 
 
-SMALL = ["--resize", "0", "--crop", "0", "--stack", "8", "--step", "4", "--workers", "0", "-q"]
+# one DataLoader worker: TV-L1 runs there on one thread, as in real use
+SMALL = ["--resize", "0", "--crop", "0", "--stack", "8", "--step", "4", "--workers", "1", "-q"]
 
 
 @pytest.mark.slow
@@ -86,14 +88,13 @@ def test_flow_from_video_equals_two_step_path(tmp_path, weights):
 
 def test_predict_flow_on_the_fly_equals_dense_flow_frames(tmp_path):
     video = write_video(tmp_path / "clip.mp4", 5)
-    assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1",
-                            "--no-compile"]) == 0
-    computed = list(predict.computed_flow_frames(video, 0, 0, torch.device("cpu")))
-    stored = list(predict.flow_frames(tmp_path / "df" / "clip", 0, 0))
-    assert len(computed) == len(stored) == 5
-    # the same flow up to the compiled / eager kernels' last bits (at most a quantisation step)
-    for a, b in zip(computed, stored):
-        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1"]) == 0
+    computed = np.stack(list(predict.computed_flow_frames(video, 0, 0, torch.device("cpu"))))
+    stored = np.stack(list(predict.flow_frames(tmp_path / "df" / "clip", 0, 0)))
+    assert computed.shape == stored.shape == (5, 48, 64, 2)
+    # the same flow frames, up to the last bits of a different thread count's float sums
+    diff = np.abs(computed.astype(int) - stored.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.01
 
 
 def test_fps_sampling_picks_nearest_frames_and_records_seconds(tmp_path, weights):
@@ -153,7 +154,7 @@ def test_bad_flags_one_line_nothing_written(tmp_path, weights):
         r = run_cli("extract_features.py", *base, "-save_dir", out, *extra)
         assert r.returncode == 2, (extra, r.stderr)
         assert "Traceback" not in r.stderr and message in r.stderr, (extra, r.stderr)
-        assert r.stderr.strip().count("\n") == 0 or "usage:" in r.stderr
+        assert sum("error:" in line for line in r.stderr.splitlines()) == 1, (extra, r.stderr)
         assert not out.exists() or not any(out.rglob("*")), extra
 
 
