@@ -160,7 +160,42 @@ def benchmark_dense_flow(args: argparse.Namespace) -> list[dict]:
         for name, value, n in ((base, r["opencv_tvl1_pairs_per_s"], r["source"]), (ours, r["tvl1_pairs_per_s"], note)):
             rows.append({"section": "flow", "row": name, "unit": "pairs/s", "value": value, "baseline_row": base,
                          "baseline_value": r["opencv_tvl1_pairs_per_s"], "note": n})
-    return rows
+    return rows + (flow_whole_process_rows() if SAMPLE_VIDEO.is_file() else [])
+
+
+_OPENCV_PROCESS = ("import sys, cv2\ncap, algo, prev = cv2.VideoCapture(sys.argv[1]), cv2.optflow.DualTVL1OpticalFlow_create(), None\n"
+                   "while True:\n    ok, f = cap.read()\n    if not ok:\n        break\n"
+                   "    g = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)\n    if prev is not None:\n"
+                   "        algo.calc(prev, g, None)\n    prev = g\n")
+
+
+def flow_whole_process_rows(frames: int = 120, size: tuple[int, int] = (340, 256)) -> list[dict]:
+    """A new user's figure: `dense_flow.py` at its default flags as a whole process (start-up,
+    compile cache, all cores) on ONE video of `frames` frames of the sample resized and cropped
+    to size, against a process running OpenCV's TV-L1 with its default threads over the same pairs."""
+    w, h = size
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "clip.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, size)
+        for k, f in enumerate(frame_io.iter_frames(SAMPLE_VIDEO, resize=h)):
+            if k == frames:
+                break
+            left = (f.shape[1] - w) // 2
+            writer.write(cv2.cvtColor(np.ascontiguousarray(f[:h, left:left + w]), cv2.COLOR_RGB2BGR))
+        writer.release()
+        seconds = {}
+        commands = {"opencv-tvl1": ["-c", _OPENCV_PROCESS, str(video)],  # OpenCV's default threads
+                    "tvl1": [str(Path(__file__).with_name("dense_flow.py")), str(video), "-o", str(Path(tmp) / "o")]}
+        for method, command in commands.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, *command], check=True, capture_output=True)
+            seconds[method] = time.perf_counter() - t
+    base = f"OpenCV TV-L1 ({cv2.getNumberOfCPUs()} threads), whole process, one {frames}-frame {w}x{h} video"
+    return [{"section": "flow", "row": name, "unit": "s", "value": seconds[m], "baseline_row": base,
+             "baseline_value": seconds["opencv-tvl1"], "note": note}
+            for name, m, note in ((base, "opencv-tvl1", f"{frames - 1} pairs, start-up included"),
+                                  (f"dense_flow.py (default flags), whole process, one {frames}-frame {w}x{h} video",
+                                   "tvl1", f"--workers {os.cpu_count()} (one per core) split the video's pairs"))]
 
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:

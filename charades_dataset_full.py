@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import frame_io
+import tvl1
 from charades_dataset import read_annotations
 from cli import UserError
 
@@ -39,13 +41,71 @@ class VideoSource:
     vid: str = ""  # Charades video id
 
 
+@dataclass(frozen=True)
+class FlowOptions:
+    """TV-L1 on the fly for flow from video files, as dense_flow.py computes and stores it:
+    frames resized to a smaller side of `resize` (its --resize), flow quantised to 8 bits and,
+    with jpeg, passed through its JPEG files' encoding; keep_dir also writes those files
+    (KEEP/KEY/VID-000001x.jpg, dense_flow.py's layout)."""
+    resize: int = 256
+    jpeg: bool = True
+    keep_dir: str | None = None
+    device: str = "cpu"
+
+
+def _video_flow(src: VideoSource, flow: FlowOptions, fps: float | None) -> Iterator[np.ndarray]:
+    frames = frame_io.sample_frames(src.path, fps, resize=flow.resize) if fps else \
+        frame_io.iter_frames(src.path, resize=flow.resize)
+    grays = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames)  # dense_flow.py's order: resize, then gray
+    if flow.keep_dir is None:
+        yield from tvl1.iter_video_flow(grays, device=flow.device, jpeg=flow.jpeg)
+        return
+    vid = Path(src.path).stem
+    with frame_io.atomic_dir(Path(flow.keep_dir) / src.key) as tmp:  # renamed once the video is complete
+
+        def keep(index: int, bx: bytes, by: bytes) -> None:
+            frame_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "x"), bx)
+            frame_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "y"), by)
+        yield from tvl1.iter_video_flow(grays, device=flow.device, jpeg=flow.jpeg, keep=keep)
+
+
+def sampled_count(count: int, src_fps: float, fps: float | None) -> int:
+    """Frames sample_frames gives at `fps` from `count` frames at `src_fps` (an estimate, as
+    the count is the container's: the engine re-reads if it proves wrong)."""
+    if not fps or not src_fps or count <= 0:
+        return count
+    return int(math.floor((count - 1) / src_fps * fps + 1e-9)) + 1
+
+
 def open_video(src: VideoSource, mode: str, resize: int | None = None,
-               crop: int = 224) -> tuple[int, float, Iterator[np.ndarray]]:
+               crop: int = 224, fps: float | None = None,
+               flow: FlowOptions | None = None) -> tuple[int, float, Iterator[np.ndarray]]:
     """(frame count, fps, frame iterator) of a source. The count is exact for frame folders and
     the container's figure for video files (counted by a grab() pass where the container has
     none; the caller checks it against what was decoded);
     fps is nan where unknown. Frames are uint8 (H, W, 3) RGB or (H, W, 2) flow, resized and
-    cropped. Raises FrameError for a missing or unreadable source."""
+    cropped. fps (video files): frames sampled at that rate by their timestamps. Flow of a
+    video file is TV-L1 computed on the fly (`flow`). Raises FrameError for a missing or
+    unreadable source."""
+    if fps and src.layout != "file":
+        raise frame_io.FrameError(f"{src.path}: --fps needs a video file (frame folders have no timestamps)")
+    if src.layout == "file":
+        total, src_fps, _, _ = frame_io.video_info(src.path)
+        if total <= 0:  # no count in the container (some webm, gif): count the frames first
+            total = frame_io.count_video_frames(src.path)
+        if fps and src_fps and fps > src_fps + 1e-6:
+            raise frame_io.FrameError(f"{src.path}: --fps {fps:g} is above the video's {src_fps:g} fps")
+        total = sampled_count(total, src_fps, fps)
+        if mode == "flow":
+            frames = _video_flow(src, flow or FlowOptions(), fps)
+        elif fps:
+            frames = frame_io.sample_frames(src.path, fps)
+        else:
+            frames = frame_io.iter_frames(src.path)
+        frames = (frame_io.resize_for_mode(f, resize, mode) for f in frames)
+        if crop:
+            frames = (frame_io.center_crop(f, crop) for f in frames)
+        return total, float(fps or src_fps or math.nan), frames
     if src.layout == "charades":
         total = frame_io.count_charades_frames(src.path, src.vid, mode)
         if total == 0:
@@ -61,20 +121,14 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         frames, fps = gen(), math.nan
     elif mode == "flow":
         if src.layout != "folder":
-            raise frame_io.FrameError(f"{src.path}: flow mode needs a folder of x/y flow JPEGs "
-                                      f"(make them with dense_flow.py), not a video file")
+            raise frame_io.FrameError(f"{src.path}: flow mode needs a video file or a folder of x/y flow JPEGs")
         total, frames = frame_io.flow_folder_frames(src.path)
         frames, fps = (frame_io.resize_for_mode(f, resize, mode) for f in frames), math.nan
-    elif src.layout == "folder":
+    else:  # a folder of frame images
         files = frame_io.list_frame_files(src.path)
         if not files:
             raise frame_io.FrameError(f"{src.path}: no frame images in folder")
         total, fps = len(files), math.nan
-        frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
-    else:
-        total, fps, _, _ = frame_io.video_info(src.path)
-        if total <= 0:  # no count in the container (some webm, gif): count the frames first
-            total = frame_io.count_video_frames(src.path)
         frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     if crop:
         frames = (frame_io.center_crop(f, crop) for f in frames)
@@ -82,7 +136,8 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
 
 
 def iter_pieces(src: VideoSource, mode: str, resize: int | None, crop: int,
-                piece_frames: int = PIECE_FRAMES) -> Iterator[dict]:
+                piece_frames: int = PIECE_FRAMES, fps: float | None = None,
+                flow: FlowOptions | None = None) -> Iterator[dict]:
     """The items of one video: dicts with frames (n, H, W, C) uint8 tensor, start (first frame
     index), total (expected frame count), fps, last (True on the final item, whose `count` is
     the number of frames actually decoded) and error (None, or one line naming the file)."""
@@ -90,8 +145,8 @@ def iter_pieces(src: VideoSource, mode: str, resize: int | None, crop: int,
             "frames": torch.empty(0, dtype=torch.uint8)}
     count = 0
     try:
-        total, fps, frames = open_video(src, mode, resize, crop)
-        base.update(total=total, fps=fps)
+        total, rate, frames = open_video(src, mode, resize, crop, fps, flow)
+        base.update(total=total, fps=rate)
         buf: list[np.ndarray] = []
         for f in frames:
             buf.append(f if f.ndim == 3 else f[..., None])
@@ -117,9 +172,11 @@ class StreamingVideoDataset(IterableDataset):
     Use batch_size=None in the DataLoader (items are already batches of frames)."""
 
     def __init__(self, sources: list[VideoSource], mode: str = "rgb", resize: int | None = None,
-                 crop: int = 224, piece_frames: int = PIECE_FRAMES):
+                 crop: int = 224, piece_frames: int = PIECE_FRAMES, fps: float | None = None,
+                 flow: FlowOptions | None = None):
         self.sources = list(sources)
         self.mode, self.resize, self.crop, self.piece_frames = mode, resize, crop, piece_frames
+        self.fps, self.flow = fps, flow
 
     def __len__(self) -> int:  # number of videos, for progress bars
         return len(self.sources)
@@ -128,7 +185,8 @@ class StreamingVideoDataset(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for i in range(wid, len(self.sources), nw):
-            for item in iter_pieces(self.sources[i], self.mode, self.resize, self.crop, self.piece_frames):
+            for item in iter_pieces(self.sources[i], self.mode, self.resize, self.crop, self.piece_frames,
+                                    self.fps, self.flow):
                 item["index"] = i
                 yield item
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -46,8 +47,9 @@ from tqdm import tqdm
 
 from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
 from frame_io import (DiskFullError, FrameError, atomic_write_bytes, charades_frame_name, clean_stale_temps, file_lock,
-                      is_video_file, iter_frames, temp_dir_for, write_image)
-from tvl1 import METHODS, _compile_works, compute_flow, flow_to_color, flow_to_uint8
+                      is_video_file, iter_frames, list_frame_files, temp_dir_for, video_info, write_bytes_checked,
+                      write_image)
+from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -122,35 +124,74 @@ def extract_video(src: str | Path, out_root: str | Path, method: str = "tvl1", r
     the number of frames. The video is written to a temporary folder renamed when complete."""
     src, out_root = Path(src), Path(out_root)
     vid = video_id(src)
-    batch = max(1, batch)
     if is_done(out_root, vid):  # e.g. finished by another process since this one listed it
         return json.loads((out_root / vid / DONE_MARKER).read_text())["flow_frames"]
     # a killed run's temporaries of this video only (never clip.v2's, never a live process's)
     clean_stale_temps(out_root, vid)
     with _video_dir(out_root, vid) as tmp:
-        n, prev, vis_flow, last = 0, None, None, None
-        for chunk in _chunks(iter_frames(src, resize=resize), batch):
-            grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in chunk]
-            if rgb:
-                for k, f in enumerate(chunk):
-                    write_image(tmp / charades_frame_name(vid, n + k + 1), f)
-            stack = np.stack(([prev] if prev is not None else []) + grays)
-            if len(stack) >= 2:
-                flows = compute_flow(stack, method=method, device=device, batch=batch, compile_step=compile_step)
-                first = n if prev is not None else 1  # 1-based index of the first flow of this chunk
-                for k, fl in enumerate(flows):
-                    _write_flow(tmp, vid, first + k, fl)
-                last = flows[-1]
-                if vis_flow is None:
-                    vis_flow = flows[len(flows) // 2]
-            n += len(chunk)
-            prev = grays[-1]
-        if n < 2:
-            raise FrameError(f"{src}: {n} frame(s), flow needs at least two")
-        _write_flow(tmp, vid, n, last)  # frame N repeats flow N-1 so flow and RGB counts match
-        if visualize:
-            write_image(tmp / "flow_vis.png", flow_to_color(vis_flow))
+        n = extract_range(src, tmp, 0, None, method=method, rgb=rgb, resize=resize, device=device, batch=batch,
+                          visualize=visualize, compile_step=compile_step)
+        finish_video(src, tmp, n)
     return n
+
+
+def extract_range(src: str | Path, folder: str | Path, start: int, stop: int | None, method: str = "tvl1",
+                  rgb: bool = False, resize: int = 256, device: str | torch.device = "cpu", batch: int = 8,
+                  visualize: bool = False, compile_step: bool = False) -> int:
+    """One worker's share of a video: the flows of pairs start..stop-1 (pair i: frame i -> i+1,
+    0-based; stop None: to the end), written as FOLDER/VID-%06dx.jpg with index i+1, and with
+    rgb frames start..stop-1 (to the end when stop is None). Returns the index after the last
+    frame decoded (the video's length for the range that reads to the end). The flow files do
+    not depend on how a video is split: each pair is solved on its own."""
+    src, folder = Path(src), Path(folder)
+    vid = video_id(src)
+    batch = max(1, batch)
+    frames = iter_frames(src, resize=resize, start=start)
+    if stop is not None:
+        frames = itertools.islice(frames, stop - start + 1)  # frame `stop` ends the last pair
+    n, prev, vis_flow = start, None, None
+    for chunk in _chunks(frames, batch):
+        grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in chunk]
+        if rgb:
+            for k, f in enumerate(chunk):
+                if stop is None or n + k < stop:
+                    write_image(folder / charades_frame_name(vid, n + k + 1), f)
+        stack = np.stack(([prev] if prev is not None else []) + grays)
+        if len(stack) >= 2:
+            flows = compute_flow(stack, method=method, device=device, batch=batch, compile_step=compile_step)
+            first = n if prev is not None else n + 1  # 1-based index of the first flow of this chunk
+            for k, fl in enumerate(flows):
+                _write_flow(folder, vid, first + k, fl)
+            if vis_flow is None and visualize and start == 0:
+                vis_flow = flows[len(flows) // 2]
+                write_image(folder / "flow_vis.png", flow_to_color(vis_flow))
+        n += len(chunk)
+        prev = grays[-1]
+    return n
+
+
+def finish_video(src: str | Path, folder: str | Path, n: int) -> None:
+    """After all ranges of a video: frame N repeats flow N-1 (a copy of its files) so that flow
+    and RGB counts match; checks that every flow 1..N-1 is there."""
+    src, folder = Path(src), Path(folder)
+    vid = video_id(src)
+    if n < 2:
+        raise FrameError(f"{src}: {n} frame(s), flow needs at least two")
+    for axis in "xy":
+        missing = [i for i in range(1, n) if not (folder / charades_frame_name(vid, i, axis)).is_file()]
+        if missing:
+            raise FrameError(f"{src}: flow frame {missing[0]} missing after all ranges finished")
+        write_bytes_checked(folder / charades_frame_name(vid, n, axis),
+                            (folder / charades_frame_name(vid, n - 1, axis)).read_bytes())
+
+
+def split_pairs(count: int, parts: int) -> list[tuple[int, int | None]]:
+    """Contiguous (start, stop) ranges of pairs for `parts` workers on a video of about `count`
+    frames (the container's figure): the last range reads to the end whatever the true length."""
+    pairs = count - 1
+    parts = max(1, min(parts, pairs // 2))
+    bounds = [round(k * pairs / parts) for k in range(parts)] + [None]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _read_list(path: str | Path) -> list[str]:
@@ -175,15 +216,31 @@ def _init_worker(threads: int) -> None:
 
 
 def _job(args: tuple) -> tuple[str, int, str | None]:
-    src, kwargs = args
+    """One pool job: a whole video (src, kwargs), or a range of its pairs (src, kwargs, folder,
+    start, stop). Returns (src, frames or range end, error)."""
+    src, kwargs = args[:2]
     try:
-        return str(src), extract_video(src, **kwargs), None
+        if kwargs.get("compile_step") is not False:  # a worker finds out itself whether it can compile
+            kwargs = {**kwargs, "compile_step": compile_available(torch.device(kwargs["device"]))}
+        if len(args) == 2:
+            return str(src), extract_video(src, **kwargs), None
+        folder, start, stop = args[2:]
+        kwargs = {k: v for k, v in kwargs.items() if k != "out_root"}
+        return str(src), extract_range(src, folder, start, stop, **kwargs), None
     except DiskFullError:
         raise  # stops the job: every later video would fail too
     except (FrameError, UserError, ValueError, OSError) as e:
         return str(src), 0, str(e)
     except Exception as e:  # an unexpected failure of one video must not stop the others
         return str(src), 0, f"{src}: {e.__class__.__name__}: {e}"
+
+
+def _frame_count(src: str | Path) -> int:
+    """Frames of a folder, or the container's count of a video (0 if unknown or unreadable)."""
+    try:
+        return len(list_frame_files(src)) if Path(src).is_dir() else video_info(src)[0]
+    except FrameError:
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-rgb", "--rgb", action="store_true", help="also write the RGB frames VID-000001.jpg")
     parser.add_argument("-resize", "--resize", type=size_or_zero, default=256,
                         help="smaller side of the frames the flow is computed on (0 keeps the size)")
-    parser.add_argument("-workers", "--workers", type=positive_int, default=1, help="videos processed in parallel")
+    parser.add_argument("-workers", "--workers", type=positive_int, default=None,
+                        help="processes, one thread each (default: one per core on CPU, 1 on CUDA); fewer "
+                             "videos than workers: each video's pairs are split between them")
     parser.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1 (method tvl1)")
     parser.add_argument("-batch", "--batch", type=positive_int, default=8, help="frame pairs computed at once")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -218,48 +277,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     _check_writable(out)
     device = select_device(args.device) if args.method == "tvl1" else torch.device("cpu")
-    compile_step = args.compile if args.compile is not None else _compile_works(device)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1) if device.type == "cpu" else 1
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
 
     todo = [p for p in inputs if not is_done(out, video_id(p))]  # finished videos (marker) are skipped
     if len(todo) < len(inputs):
         log.info("%d of %d videos already done, skipped", len(inputs) - len(todo), len(inputs))
-    kwargs = dict(out_root=out, method=args.method, rgb=args.rgb, resize=args.resize, device=device,
+    # Fewer videos than workers: each video's pairs are split into contiguous ranges, solved by
+    # different workers into the video's temporary folder; the parent finishes the video.
+    parts = workers // len(todo) if todo and device.type == "cpu" and workers > len(todo) else 1
+    plans = [(p, split_pairs(_frame_count(p), parts) if parts > 1 else [(0, None)]) for p in todo]
+    pooled = workers > 1 and sum(len(r) for _, r in plans) > 1
+    compile_step = args.method == "tvl1" and args.compile is not False  # workers try it, else eager
+    if compile_step and not compile_cached():
+        log.info("compiling the TV-L1 kernels for this machine (first run only, about 15-35 s; cached on disk)")
+    kwargs = dict(out_root=out, method=args.method, rgb=args.rgb, resize=args.resize, device=str(device),
                   batch=args.batch, visualize=args.visualize, compile_step=compile_step)
     failures: list[tuple[str, str]] = []
-    workers = max(1, min(args.workers, len(todo)))
     saved_threads = None
-    if workers == 1 and device.type == "cpu":
-        # one thread per pair stream (as each --workers process gets on 2 cores): the fused TV-L1
-        # kernels are memory bound, and with 2 OpenMP threads every kernel waits at a barrier
-        # whenever another process holds a core (measured 5-10x slower on a shared machine)
+    if device.type == "cpu":
+        # one thread per pair stream (as each --workers process gets): the fused TV-L1 kernels
+        # are memory bound, and with 2 OpenMP threads every kernel waits at a barrier whenever
+        # another process holds a core (measured 5-10x slower on a shared machine)
         saved_threads = torch.get_num_threads()
         torch.set_num_threads(1)
-    jobs = [(p, kwargs) for p in todo]
-    if workers == 1:
-        results = map(_job, jobs)
+    jobs: list[tuple] = []
+    videos: dict[str, dict] = {}  # split videos: their open temporary folder and what is left
+    with contextlib.ExitStack() as outer:
+        for p, ranges in plans:
+            if len(ranges) == 1:
+                jobs.append((p, kwargs))
+                continue
+            clean_stale_temps(out, video_id(p))  # a killed run's temporaries of this video only
+            stack = outer.enter_context(contextlib.ExitStack())
+            folder = stack.enter_context(_video_dir(out, video_id(p)))
+            videos[str(p)] = dict(stack=stack, folder=folder, left=len(ranges), n=0, error=None)
+            jobs += [(p, kwargs, folder, a, b) for a, b in ranges]
         pool = None
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(threads,))
-        results = pool.imap_unordered(_job, jobs)
-    try:
-        for src, n, err in tqdm(results, total=len(jobs), desc="videos", unit="video", disable=not jobs):
-            if err:
-                failures.append((src, err))
-            else:
-                log.debug("%s: %d frames", src, n)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        if saved_threads is not None:  # main() is also called in-process (tests, notebooks)
-            torch.set_num_threads(saved_threads)
+        if pooled:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = "spawn"
+            if device.type == "cpu" and "fork" in mp.get_all_start_methods():
+                # compiled once here, then forked: the workers inherit the compiled kernels
+                # instead of each spending ~10 s of CPU importing the compiler and loading them
+                torch.set_num_threads(threads)  # before any parallel region: forking is then safe
+                if compile_step:
+                    kwargs["compile_step"] = compile_available(device)
+                context = "fork"
+            pool = mp.get_context(context).Pool(min(workers, len(jobs)), initializer=_init_worker,
+                                                initargs=(threads,))
+            results = pool.imap_unordered(_job, jobs)
+        else:
+            results = map(_job, jobs)
+        try:
+            with tqdm(total=len(todo), desc="videos", unit="video", disable=not jobs) as bar:
+                for src, n, err in results:
+                    v = videos.get(src)
+                    if v is None:
+                        bar.update(1)
+                        if err:
+                            failures.append((src, err))
+                        else:
+                            log.debug("%s: %d frames", src, n)
+                        continue
+                    v["left"] -= 1
+                    v["n"] = max(v["n"], n)
+                    v["error"] = v["error"] or err
+                    if v["left"]:
+                        continue
+                    bar.update(1)
+                    try:
+                        if v["error"]:
+                            raise FrameError(v["error"])
+                        finish_video(src, v["folder"], v["n"])
+                        v["stack"].close()  # renames the temporary folder to OUT/VID
+                    except (FrameError, OSError) as e:
+                        v["stack"].__exit__(type(e), e, e.__traceback__)  # removes it
+                        failures.append((src, str(e)))
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            if saved_threads is not None:  # main() is also called in-process (tests, notebooks)
+                torch.set_num_threads(saved_threads)
     if failures:
         for src, err in failures:
             print(f"dense_flow.py: failed: {err}", file=sys.stderr)
-        print(f"dense_flow.py: {len(failures)} of {len(jobs)} videos failed", file=sys.stderr)
+        print(f"dense_flow.py: {len(failures)} of {len(todo)} videos failed", file=sys.stderr)
         return 1
-    log.info("%d videos written to %s", len(jobs), out)
+    log.info("%d videos written to %s", len(todo), out)
     return 0
 
 

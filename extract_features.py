@@ -52,9 +52,10 @@ import torch
 
 import frame_io
 import weights
-from charades_dataset_full import StreamingVideoDataset, VideoSource, charades_sources, input_sources, iter_pieces
-from cli import (add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device, setup_logging,
-                 size_or_zero)
+from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
+                                   iter_pieces)
+from cli import (UserError, add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device,
+                 setup_logging, size_or_zero)
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from pytorch_i3d import PRECISIONS
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
@@ -80,11 +81,35 @@ def _finish(state, ten_crop: bool) -> np.ndarray:
     return (out if ten_crop else out[0]).numpy()
 
 
+def _flow_options(args: argparse.Namespace, device: torch.device) -> FlowOptions:
+    # TV-L1 runs in the DataLoader workers (on CPU); in the main process on CUDA with --workers 0
+    return FlowOptions(resize=args.flow_resize, jpeg=args.flow_jpeg,
+                       keep_dir=str(args.keep_flow) if args.keep_flow else None,
+                       device=str(device) if device.type == "cuda" and not args.workers else "cpu")
+
+
+def window_times(n: int, frames: int, fps: float, args: argparse.Namespace, endpoint: str, stride: int) -> dict:
+    """Each output step's frames and seconds: --stack windows [S*k, S*k + N); a whole-video
+    Mixed_5c step j (stride 8, then the time pool of 2) frames [8j, 8j + 16); another endpoint's
+    step j frames [s*j, s*j + s). Ends are clipped to the frame count; seconds = frame / fps,
+    left out where the fps is unknown (frame folders)."""
+    if args.stack:
+        step, width = args.step or args.stack, args.stack
+    else:
+        step = stride
+        width = 2 * step if endpoint == "Mixed_5c" else step
+    starts = [step * k for k in range(n)]
+    ends = [min(a + width, frames) for a in starts]
+    out = {"window_start_frame": starts, "window_end_frame": ends}
+    if fps == fps and fps > 0:  # not nan
+        out.update(window_start_s=[round(a / fps, 6) for a in starts], window_end_s=[round(b / fps, 6) for b in ends])
+    return out
+
+
 def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: list[VideoSource], mode: str,
                    out_dir: Path, device: torch.device, tag: str = "") -> tuple[int, list[tuple[str, str]]]:
     """Extract every source not done yet into out_dir; (videos done, [(key, error)])."""
-    store = (H5Store(out_dir / f"features{tag}.h5", out_dir / f".pending{tag}") if args.format == "h5"
-             else NpyStore(out_dir))
+    store = _store(args, out_dir, tag)
     todo = [s for s in sources if not store.done(s.key)]
     log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo), len(todo))
     endpoint = args.endpoint
@@ -96,7 +121,8 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
     t0 = time.perf_counter()
     from tqdm import tqdm
 
-    dataset = StreamingVideoDataset(todo, mode=mode, resize=args.resize, crop=crop)
+    flow = _flow_options(args, device) if mode == "flow" else None
+    dataset = StreamingVideoDataset(todo, mode=mode, resize=args.resize, crop=crop, fps=args.fps, flow=flow)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=2 if args.workers else None)
@@ -139,13 +165,15 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                     log.info("%s: %d frames, not the %d its container reported; re-reading", key,
                              e.seen, item["total"])
                     state = _new_state(args, model, run, mode, device, e.seen)
-                    for piece in iter_pieces(todo[i], mode, args.resize, crop):
+                    for piece in iter_pieces(todo[i], mode, args.resize, crop, fps=args.fps, flow=flow):
                         if piece["error"]:
                             raise frame_io.FrameError(piece["error"])
                         state.push(piece["frames"].numpy())
                     array = _finish(state, args.ten_crop)
                 attrs = {"fps": float(item["fps"]), "stride": int(stride), "frames": int(item["count"]),
-                         "endpoint": endpoint, "mode": mode}
+                         "endpoint": endpoint, "mode": mode,
+                         **window_times(array.shape[-2] if args.stack else array.shape[1 if args.ten_crop else 0],
+                                        int(item["count"]), float(item["fps"]), args, endpoint, stride)}
                 store.save(key, array.astype(np.float32, copy=False), attrs)
                 done += 1
                 frames_total += int(item["count"])
@@ -177,12 +205,66 @@ def compute_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) - max(1, workers))
 
 
+def check_rates(sources: list[VideoSource], fps: float | None) -> None:
+    """--fps against every video's own rate, before anything is written: one line if above."""
+    if not fps:
+        return
+    for src in sources:
+        if src.layout != "file":
+            raise UserError(f"{src.path}: --fps needs video files (frame folders have no timestamps)")
+        try:
+            rate = frame_io.video_info(src.path)[1]
+        except frame_io.FrameError:
+            continue  # reported with the other failures when its turn comes
+        if rate and fps > rate + 1e-6:
+            raise UserError(f"--fps {fps:g} is above the {rate:g} fps of {src.path}; give at most {rate:g}")
+
+
+def _store(args: argparse.Namespace, out_dir: Path, tag: str):
+    return (H5Store(out_dir / f"features{tag}.h5", out_dir / f".pending{tag}") if args.format == "h5"
+            else NpyStore(out_dir))
+
+
+def concat_streams(args: argparse.Namespace, sources: list[VideoSource], tag: str) -> list[tuple[str, str]]:
+    """--concat: SAVE_DIR/concat/KEY.npy (or its features.h5), each window's RGB then flow
+    features on the last axis, with the RGB output's attributes; videos done in both streams."""
+    rgb, flow = _store(args, args.save_dir / "rgb", tag), _store(args, args.save_dir / "flow", tag)
+    out = _store(args, args.save_dir / "concat", tag)
+    failures = []
+    try:
+        for src in sources:
+            if out.done(src.key) or not (rgb.done(src.key) and flow.done(src.key)):
+                continue
+            (a, attrs), (b, _) = rgb.load(src.key), flow.load(src.key)
+            if a.shape[:-1] != b.shape[:-1]:
+                msg = f"{src.key}: RGB {a.shape} and flow {b.shape} features do not line up; not concatenated"
+                log.error("%s", msg)
+                failures.append((f"concat:{src.key}", msg))
+                continue
+            out.save(src.key, np.concatenate([a, b], axis=-1), {**attrs, "mode": "rgb+flow"})
+    finally:
+        out.close()
+    return failures
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-mode", "--mode", choices=("rgb", "flow", "both"), default="rgb")
-    p.add_argument("-load_model", "--load-model", required=True,
+    p.add_argument("-load_model", "--load-model", default=None,
                    help="weights (.pt or a name from weights.py); for -mode both the RGB model")
-    p.add_argument("--flow-model", default=None, help="flow weights for -mode both")
+    p.add_argument("--flow-model", default=None,
+                   help="flow weights for -mode both (or -mode flow, instead of -load_model)")
+    p.add_argument("--keep-flow", type=Path, default=None, metavar="DIR",
+                   help="also write the flow computed from videos as dense_flow.py's JPEGs: DIR/KEY/VID-000001x.jpg")
+    p.add_argument("--flow-resize", type=int, default=256,
+                   help="smaller side of the frames TV-L1 runs on, for flow from videos (dense_flow.py's --resize)")
+    p.add_argument("--flow-jpeg", action=argparse.BooleanOptionalAction, default=True,
+                   help="pass flow from videos through dense_flow.py's JPEG encoding, so the features equal the "
+                        "two-step path (default: on)")
+    p.add_argument("--concat", action="store_true",
+                   help="-mode both: also SAVE_DIR/concat/KEY.npy, RGB then flow features on the last axis (2048-d)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="sample video files at N frames/s by their timestamps (default: every frame)")
     p.add_argument("-root", "--root", type=Path, default=None, help="Charades frame folders root/VID/VID-000001.jpg")
     p.add_argument("-split", "--split", type=Path, default=None,
                    help="charades.json or Charades CSV: extract its videos (else every folder under -root)")
@@ -220,6 +302,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("-split goes with -root")
     if args.mode == "both" and not args.flow_model:
         p.error("-mode both needs --flow-model (and -load_model for RGB)")
+    if args.mode == "rgb" and args.flow_model:
+        p.error("--flow-model is for the flow stream: use -mode both (or -mode flow)")
+    if args.mode == "flow" and args.flow_model and args.load_model:
+        p.error("-mode flow takes one model: give -load_model or --flow-model, not both")
+    if args.mode == "flow" and args.flow_model:
+        args.load_model = args.flow_model
+    if not args.load_model:
+        p.error("-load_model is required" + (" (the RGB weights for -mode both)" if args.mode == "both" else ""))
+    if args.fps is not None and not (args.fps > 0 and args.fps < float("inf")):
+        p.error(f"--fps must be a positive number of frames per second, got {args.fps:g}")
+    if args.fps is not None and args.input is None:
+        p.error("--fps needs video files (--input); frame folders have no timestamps")
+    if args.concat and args.mode != "both":
+        p.error("--concat needs -mode both")
+    if args.keep_flow is not None and (args.mode == "rgb" or args.input is None):
+        p.error("--keep-flow needs -mode flow or both on --input videos")
+    if args.flow_resize < 0:
+        p.error("--flow-resize must be 0 (keep) or positive")
     if args.stack < 0 or args.step < 0 or (args.step and not args.stack):
         p.error("--step needs --stack; both positive")
     if args.ten_crop and not args.crop:
@@ -241,22 +341,27 @@ def main(argv: list[str] | None = None) -> int:
     k, n = parse_shard(args.shard)
     sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
     mine = shard(sources, k, n)
+    check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
     modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
-    failures: list[tuple[str, str]] = []
-    for mode, weights_name in modes:
-        out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
+    models = {}
+    for mode, weights_name in modes:  # both loaded first: wrong weights stop the run before anything is written
         model = weights.load_model(weights.resolve_weights(weights_name), mode=mode,
                                    final_endpoint=args.endpoint, device=device)
-        model = model.for_inference(precision=args.precision, device=device)
-        _, fails = extract_videos(args, model, mine, mode, out_dir, device, tag)
+        models[mode] = model.for_inference(precision=args.precision, device=device)
+    failures: list[tuple[str, str]] = []
+    for mode, _ in modes:
+        out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
+        _, fails = extract_videos(args, models.pop(mode), mine, mode, out_dir, device, tag)
         failures += [(f"{mode}:{key}" if args.mode == "both" else key, msg) for key, msg in fails]
         failures_file = out_dir / f"failures{tag}.txt"
         if fails:
             frame_io.atomic_write_bytes(failures_file, "".join(f"{key}\t{msg}\n" for key, msg in fails).encode())
         else:
             failures_file.unlink(missing_ok=True)
+    if args.concat:
+        failures += concat_streams(args, mine, tag)
     if failures:
         log.error("%d video(s) failed (listed in failures%s.txt):", len(failures), tag)
         for key, msg in failures:

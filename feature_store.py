@@ -44,9 +44,16 @@ def _clean_tree(folder: Path) -> None:
             frame_io.clean_stale_temps(sub)
 
 
+def _json_attrs(attrs: dict) -> str:
+    """attrs as standard JSON (an unknown fps, nan, becomes null)."""
+    return json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in attrs.items()}, indent=1)
+
+
 class NpyStore:
     """SAVE_DIR/KEY.npy, each written atomically (fsync, rename): the rename is the marker, and
-    a file is trusted only when whole (header and size agree)."""
+    a file is trusted only when whole (header and size agree). Its attributes (fps, frames, each
+    window's start and end in frames and seconds, ...) go in the sidecar SAVE_DIR/KEY.json,
+    written before the array, so a trusted array always has its sidecar."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
@@ -56,7 +63,15 @@ class NpyStore:
         return frame_io.npy_complete(self.out_dir / f"{key}.npy")
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
+        if attrs:  # the sidecar first: a finished .npy always has its .json
+            with frame_io.atomic_write(self.out_dir / f"{key}.json") as tmp:
+                tmp.write_text(_json_attrs(attrs))
         frame_io.save_npy(self.out_dir / f"{key}.npy", array)
+
+    def load(self, key: str) -> tuple[np.ndarray, dict]:
+        side = self.out_dir / f"{key}.json"
+        return (np.load(self.out_dir / f"{key}.npy", allow_pickle=False),
+                json.loads(side.read_text()) if side.is_file() else {})
 
     def close(self) -> None:
         pass
@@ -111,6 +126,14 @@ class H5Store:
             elif p.suffix == ".npy" and p.with_name(p.name[:-4] + ".attrs.json").is_file():
                 out.append((key[:-4], [p, p.with_name(p.name[:-4] + ".attrs.json")]))
         return out
+
+    def load(self, key: str) -> tuple[np.ndarray, dict]:
+        if self._pending(key).is_file():
+            side = self.pending / f"{key}.attrs.json"
+            return np.load(self._pending(key), allow_pickle=False), json.loads(side.read_text()) if side.is_file() else {}
+        with self.h5py.File(self.path, "r", locking=False) as f:
+            ds = f[key]
+            return ds[()], {k: v.tolist() if hasattr(v, "tolist") else v for k, v in ds.attrs.items()}
 
     def close(self) -> None:
         self.lock.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 cv2.setNumThreads(1)  # decoding runs in DataLoader workers / threads of our own
 log = logging.getLogger(__name__)
 
@@ -209,20 +211,26 @@ def _open_video(path: str | Path) -> cv2.VideoCapture:
     return cap
 
 
-def iter_frames(source: str | Path, resize: int = 0, gray: bool = False) -> Iterator[np.ndarray]:
+def iter_frames(source: str | Path, resize: int = 0, gray: bool = False, start: int = 0) -> Iterator[np.ndarray]:
     """Stream the frames of a video file or a frame folder, one uint8 array at a time, the
-    smaller side resized to `resize` (0 keeps the size). Memory does not grow with length."""
+    smaller side resized to `resize` (0 keeps the size), from frame `start` (0-based; earlier
+    frames of a video are decoded but not converted). Memory does not grow with length.
+
+    A video whose decoding fails part-way (truncated, damaged) ends at its last good frame with
+    a warning naming it; only a video with no decodable frame raises FrameError."""
     source = Path(source)
     if source.is_dir():
         files = list_frame_files(source)
         if not files:
             raise FrameError(f"{source}: no frame images in folder")
-        for f in files:
+        for f in files[start:]:
             yield resize_smaller_side(read_image(f, gray=gray), resize)
         return
     cap = _open_video(source)
     try:
         count = 0
+        while count < start and cap.grab():
+            count += 1
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -232,6 +240,50 @@ def iter_frames(source: str | Path, resize: int = 0, gray: bool = False) -> Iter
             yield resize_smaller_side(frame, resize)
         if count == 0:
             raise FrameError(f"{source}: unreadable video (no frame decoded)")
+        _warn_if_short(source, cap, count)
+    finally:
+        cap.release()
+
+
+def _warn_if_short(source: Path, cap: cv2.VideoCapture, count: int) -> None:
+    # A stream shorter than its container says is not an error by itself (the streaming engine
+    # re-reads with the true count); a big gap usually means a truncated or damaged file.
+    expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    if count < expected:
+        log.warning("%s: decoding stopped after frame %d of the %d the container reports (truncated or "
+                    "damaged?); using the frames up to %d", source, count, expected, count)
+
+
+def sample_frames(source: str | Path, fps: float, resize: int = 0, gray: bool = False) -> Iterator[np.ndarray]:
+    """The frames of a video file at `fps` frames per second by their timestamps: for each
+    target time k / fps (k = 0, 1, ... up to the last frame's time) the decoded frame nearest to
+    it (the earlier on a tie). No re-encoding; frames are decoded once, in order. Timestamps are
+    the container's (CAP_PROP_POS_MSEC), or index / source fps where it gives none."""
+    source = Path(source)
+    if fps <= 0:
+        raise FrameError(f"--fps must be positive, got {fps:g}")
+    cap = _open_video(source)
+    src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+    try:
+        k, count, prev, prev_t = 0, 0, None, -1.0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if count and t <= prev_t:  # no (or broken) timestamps: the nominal rate
+                t = prev_t + 1.0 / src_fps
+            count += 1
+            while k / fps <= t:
+                target = k / fps
+                pick = prev if prev is not None and target - prev_t <= t - target else frame
+                k += 1
+                yield resize_smaller_side(cv2.cvtColor(pick, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB),
+                                          resize)
+            prev, prev_t = frame, t
+        if count == 0:
+            raise FrameError(f"{source}: unreadable video (no frame decoded)")
+        _warn_if_short(source, cap, count)
     finally:
         cap.release()
 

@@ -2,7 +2,7 @@
 
     python predict.py INPUT... --weights models/rgb_scratch.pt [--top 5] [--json]
     python predict.py clip.mp4 --weights models/rgb_imagenet.pt \
-        --flow-weights models/flow_imagenet.pt --flow-input flow/clip   # two-stream
+        --flow-weights models/flow_imagenet.pt [--flow-input flow/clip]   # two-stream
 
 INPUT is a video file (anything OpenCV decodes) or a folder of frame images sorted by name.
 Frames: smaller side to --resize pixels, center crop --crop, values in [-1, 1]. The logits are
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import cv2
 import numpy as np
 import torch
 
@@ -27,7 +28,7 @@ import weights as weights_mod
 from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
 from pytorch_i3d import PRECISIONS
 from streaming import stream_logits
-from tvl1 import compute_flow, flow_to_uint8
+from tvl1 import iter_video_flow
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -56,14 +57,15 @@ def flow_frames(folder: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
 
 
 def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.device) -> Iterator[np.ndarray]:
-    """TV-L1 flow computed on the fly (tvl1.py, as dense_flow.py), encoded as its JPEGs would be."""
-    gray = frame_io.read_frames(source, resize=resize, gray=True)
-    if len(gray) < 2:
-        raise frame_io.FrameError(f"{source}: fewer than two frames, no flow")
-    flow = compute_flow(gray, device=device)
-    for f in flow:
-        x, y = flow_to_uint8(f)
-        yield frame_io.center_crop(np.stack([x, y], axis=-1), crop)
+    """TV-L1 flow computed on the fly (tvl1.py), frame pair by frame pair in bounded memory,
+    encoded exactly as dense_flow.py's JPEGs read back (8-bit, JPEG round trip; frame N repeats
+    flow N-1), as uint8 (H, W, 2)."""
+    grays = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frame_io.iter_frames(source, resize=resize))
+    try:
+        for flow in iter_video_flow(grays, device=device):
+            yield frame_io.center_crop(flow, crop)
+    except ValueError as e:  # fewer than two frames
+        raise frame_io.FrameError(f"{source}: fewer than two frames, no flow") from e
 
 
 def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarray]], total: int | None,
@@ -107,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow weights for two-stream prediction")
     p.add_argument("-flow_input", "--flow-input", type=Path, action="append", default=None,
                    help="folder of x/y flow JPEGs for the matching INPUT (repeat per input); "
-                        "without it, --flow-weights computes TV-L1 flow with dense_flow.py")
+                        "without it, TV-L1 flow is computed on the fly, as dense_flow.py would")
     p.add_argument("--top", type=positive_int, default=5, help="classes to show per input")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     p.add_argument("--resize", type=size_or_zero, default=256, help="smaller side in pixels (0 keeps the frames)")
@@ -146,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                     folder = args.flow_input[i]
                     flow = lambda: flow_frames(folder, args.resize, args.crop)  # noqa: E731
                     count = None
-                else:
-                    computed = list(computed_flow_frames(source, args.resize, args.crop, device))
-                    flow, count = (lambda: iter(computed)), len(computed)
+                else:  # the same count as the RGB frames (frame N repeats flow N-1)
+                    flow = lambda: computed_flow_frames(source, args.resize, args.crop, device)  # noqa: E731
+                    count = frame_count(source)
                 logits = logits + video_logits(flow_model, flow, count, device)
         except frame_io.FrameError as e:
             print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)

@@ -14,6 +14,9 @@ as round(255 * (f + 20) / 40) in 8-bit grayscale images.
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -352,9 +355,149 @@ def end_point_error(flow: np.ndarray, gt: np.ndarray, border: int = 0) -> float:
 def _compile_works(device: torch.device) -> bool:
     """torch.compile needs a C++ compiler on CPU (Triton on CUDA); try one tiny step, else eager."""
     try:
-        z = torch.zeros(2, 2, 16, 16, device=device)
-        _get_step(True)(z, F.pad(z, (1, 0)), F.pad(z, (0, 0, 1, 0)), z, z[:, :1], z[:, :1], 0.045, 0.3, 0.8333)
+        # the shapes of real use: one pair at a time on CPU, batches on CUDA; height != width
+        # (equal sizes would be traced as one symbol, and the first real call recompile)
+        # (and distinct tensors: aliasing is guarded on too)
+        b = 1 if device.type == "cpu" else 2
+        h, w = 48, 64  # over 4096 values per map: inductor specialises its sums on that size
+        shapes = [(b, 2, h, w), (b, 2, h, w + 1), (b, 2, h + 1, w), (b, 2, h, w), (b, 1, h, w), (b, 1, h, w)]
+        d = TVL1_DEFAULTS  # the exact constants of real use: dynamo specialises on float arguments
+        args = [torch.zeros(s, device=device) for s in shapes]
+        args[3] = torch.zeros(b, 3, h, w, device=device)[:, 1:].contiguous()  # as tvl1_torch's grad_i (strides)
+        with torch.no_grad():  # as tvl1_torch runs (grad mode is guarded on too)
+            _get_step(True)(*args,
+                            float(d["lam"] * d["theta"]), d["theta"], float(d["tau"] / d["theta"]))
+        mark_compiled()
         return True
     except Exception as e:  # no compiler, unsupported platform, ...
         log.warning("torch.compile unavailable (%s); using the eager TV-L1", e.__class__.__name__)
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow frames on the fly (extract_features.py, predict.py), the compile notice, the GPU check
+# ---------------------------------------------------------------------------------------------
+
+JPEG_QUALITY = 95  # dense_flow.py's flow JPEGs (frame_io.write_image's default)
+
+
+def encode_flow_jpeg(x_u8: np.ndarray, y_u8: np.ndarray, quality: int = JPEG_QUALITY) -> tuple[bytes, bytes]:
+    """The JPEG files dense_flow.py writes for one flow frame (bytes of x, of y)."""
+    out = []
+    for plane in (x_u8, y_u8):
+        ok, buf = cv2.imencode(".jpg", plane, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise OSError("could not encode a flow frame as JPEG")
+        out.append(buf.tobytes())
+    return out[0], out[1]
+
+
+def iter_video_flow(gray_frames: Iterable[np.ndarray], device: str | torch.device = "cpu", batch: int = 8,
+                    compile_step: bool | None = None, jpeg: bool = True,
+                    keep: Callable[[int, bytes, bytes], None] | None = None) -> Iterator[np.ndarray]:
+    """TV-L1 flow frames of a stream of (H, W) uint8 grayscale frames, exactly as dense_flow.py
+    stores them and its readers get them back: flow t -> t+1 clipped at +-20 px, 8-bit
+    (flow_to_uint8), with jpeg=True passed through the same JPEG encoding (quality 95) and
+    decoding, as (H, W, 2) uint8 (x, y). N frames give N flow frames (the last repeats flow
+    N-1, as dense_flow.py writes it). Memory holds `batch` + 1 frames. keep(index, x_jpeg,
+    y_jpeg), if given, gets each frame's JPEG bytes (1-based index), e.g. to write them."""
+    dev = select_device(device) if isinstance(device, str) else device
+    if compile_step is None:
+        compile_step = compile_available(dev)
+    prev, buf, n, last = None, [], 0, None
+
+    def emit(flows: np.ndarray):
+        nonlocal n, last
+        for fl in flows:
+            x, y = flow_to_uint8(fl)
+            if jpeg or keep is not None:
+                bx, by = encode_flow_jpeg(x, y)
+                if keep is not None:
+                    keep(n + 1, bx, by)
+                if jpeg:
+                    x = cv2.imdecode(np.frombuffer(bx, np.uint8), cv2.IMREAD_GRAYSCALE)
+                    y = cv2.imdecode(np.frombuffer(by, np.uint8), cv2.IMREAD_GRAYSCALE)
+            n += 1
+            last = (np.stack([x, y], axis=-1), fl)
+            yield last[0]
+
+    for frame in gray_frames:
+        buf.append(frame)
+        if len(buf) == batch:
+            stack = np.stack(([prev] if prev is not None else []) + buf)
+            prev, buf = buf[-1], []
+            if len(stack) >= 2:
+                yield from emit(compute_flow(stack, device=dev, batch=batch, compile_step=compile_step))
+    stack = ([prev] if prev is not None else []) + buf
+    if len(stack) >= 2:
+        yield from emit(compute_flow(np.stack(stack), device=dev, batch=batch, compile_step=compile_step))
+    if last is None:
+        raise ValueError("flow needs at least two frames")
+    yield from emit(last[1][None])  # frame N repeats flow N-1
+
+
+_compile_ok: dict = {}
+
+
+def compile_available(device: torch.device) -> bool:
+    """_compile_works, once per process and device type."""
+    if device.type not in _compile_ok:
+        _compile_ok[device.type] = _compile_works(device)
+    return _compile_ok[device.type]
+
+
+def _compile_stamp() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / f"i3d-tvl1-compiled-{torch.__version__}"
+
+
+def compile_cached() -> bool:
+    """Whether this machine's inductor cache already holds the TV-L1 kernels (a stamp written
+    after our first successful compile); False means the next compile takes 15-35 s."""
+    try:
+        return _compile_stamp().is_file()
+    except Exception:  # an inductor without that module: say nothing
+        return True
+
+
+def mark_compiled() -> None:
+    try:
+        stamp = _compile_stamp()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    except Exception:  # best effort: only the first-run notice depends on it
+        pass
+
+
+def gpu_check_flow(frames: np.ndarray, device: str | torch.device = "cuda", batch: int = 16,
+                   compile_step: bool | None = None, repeat: int = 2) -> dict:
+    """The batched TV-L1 on `device` against the CPU's pair-by-pair solver on the consecutive
+    pairs of a (T, H, W) uint8 grayscale stack: {'pairs', 'epe_vs_cpu' (mean end-point
+    distance, px), 'max_epe_vs_cpu', 'pairs_per_s' (device, after a warm-up), 'device'}. Works
+    on any device (on CPU it runs the whole-batch path, per_pair=False)."""
+    dev = select_device(device) if isinstance(device, str) else device
+    if compile_step is None:
+        compile_step = compile_available(dev)
+    frames = np.asarray(frames)
+    cpu = torch.device("cpu")
+    ref = compute_flow(frames, device=cpu, compile_step=compile_step if dev.type == "cpu" else compile_available(cpu))
+    t = torch.from_numpy(np.ascontiguousarray(frames)).float()[:, None].to(dev)
+
+    def run() -> np.ndarray:
+        out = []
+        for k in range(0, len(frames) - 1, batch):
+            stop = min(k + batch, len(frames) - 1)
+            out.append(tvl1_torch(t[k:stop], t[k + 1:stop + 1], compile_step=compile_step, per_pair=False))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return torch.cat(out).permute(0, 2, 3, 1).cpu().numpy()
+
+    run()  # warm-up / compile
+    start = time.perf_counter()
+    for _ in range(max(1, repeat)):
+        flow = run()
+    dt = (time.perf_counter() - start) / max(1, repeat)
+    per_pair = [end_point_error(flow[k], ref[k]) for k in range(len(ref))]
+    return {"pairs": len(ref), "device": str(dev), "epe_vs_cpu": float(np.mean(per_pair)),
+            "max_epe_vs_cpu": float(np.max(per_pair)), "pairs_per_s": len(ref) / dt}

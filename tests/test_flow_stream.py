@@ -1,0 +1,183 @@
+"""Flow straight from video files: extract_features.py -mode flow/both --input VIDEO (TV-L1 on
+the fly, --keep-flow, --concat), --fps sampling by timestamps and the seconds in the outputs,
+truncated videos and bad flags, dense_flow.py splitting one video across workers, and the
+batched (CUDA) TV-L1 path run on CPU tensors."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import dense_flow
+import extract_features as ef
+import frame_io
+import predict
+import synthetic_charades
+import tvl1
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_video(path: Path, n: int, h: int = 48, w: int = 64, fps: float = 10, fourcc: str = "mp4v",
+                values: list[int] | None = None) -> Path:
+    """A moving gray texture (content shifts 2 px left, 1 px up per frame), or flat frames of
+    the given values (to tell which frames were picked)."""
+    rng = np.random.default_rng(5)
+    tex = synthetic_charades.gray_texture(h + 2 * n + 20, w + 2 * n + 20, rng).astype(np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    for i in range(n):
+        f = np.full((h, w), values[i], np.uint8) if values else tex[10 + i:10 + i + h, 10 + 2 * i:10 + 2 * i + w]
+        writer.write(np.repeat(f[..., None], 3, axis=2))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("weights")
+    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), d / "flow.pt")
+    torch.save(synthetic_charades.calibrated_random_i3d().state_dict(), d / "rgb.pt")
+    return {"flow": str(d / "flow.pt"), "rgb": str(d / "rgb.pt")}
+
+
+def run_cli(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          errors="replace")
+
+
+# one DataLoader worker: TV-L1 runs there on one thread, as in real use
+SMALL = ["--resize", "0", "--crop", "0", "--stack", "8", "--step", "4", "--workers", "1", "-q"]
+
+
+@pytest.mark.slow
+def test_flow_from_video_equals_two_step_path(tmp_path, weights):
+    video = write_video(tmp_path / "clip.mp4", 12)
+    # the two-step path: dense_flow.py, then -mode flow -root on its folder
+    assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1"]) == 0
+    assert ef.main(["-mode", "flow", "-load_model", weights["flow"], "-root", str(tmp_path / "df"),
+                    "-save_dir", str(tmp_path / "two"), *SMALL]) == 0
+    # one command: both streams from the video, flow kept as JPEGs, concatenated features
+    assert ef.main(["-mode", "both", "-load_model", weights["rgb"], "--flow-model", weights["flow"],
+                    "--input", str(video), "-save_dir", str(tmp_path / "one"), "--flow-resize", "0",
+                    "--keep-flow", str(tmp_path / "kept"), "--concat", *SMALL]) == 0
+    two, one = np.load(tmp_path / "two" / "clip.npy"), np.load(tmp_path / "one" / "flow" / "clip.npy")
+    assert one.shape == two.shape == (2, 1024)
+    assert np.linalg.norm(one - two) / np.linalg.norm(two) < 0.02
+    # --keep-flow: dense_flow.py's files, byte for byte
+    kept = sorted(p.name for p in (tmp_path / "kept" / "clip").iterdir())
+    assert kept == sorted(p.name for p in (tmp_path / "df" / "clip").iterdir())
+    assert len(kept) == 24
+    for name in kept:
+        assert (tmp_path / "kept" / "clip" / name).read_bytes() == (tmp_path / "df" / "clip" / name).read_bytes()
+    # --concat: RGB then flow, one 2048-d row per window, with the windows' seconds
+    rgb = np.load(tmp_path / "one" / "rgb" / "clip.npy")
+    both = np.load(tmp_path / "one" / "concat" / "clip.npy")
+    assert both.shape == (2, 2048)
+    assert np.array_equal(both[:, :1024], rgb) and np.array_equal(both[:, 1024:], one)
+    side = json.loads((tmp_path / "one" / "concat" / "clip.json").read_text())
+    assert side["fps"] == 10 and side["frames"] == 12 and side["mode"] == "rgb+flow"
+    assert side["window_start_s"] == [0.0, 0.4] and side["window_end_s"] == [0.8, 1.2]
+
+
+def test_predict_flow_on_the_fly_equals_dense_flow_frames(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", 5)
+    assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1"]) == 0
+    computed = np.stack(list(predict.computed_flow_frames(video, 0, 0, torch.device("cpu"))))
+    stored = np.stack(list(predict.flow_frames(tmp_path / "df" / "clip", 0, 0)))
+    assert computed.shape == stored.shape == (5, 48, 64, 2)
+    # the same flow frames, up to the last bits of a different thread count's float sums
+    diff = np.abs(computed.astype(int) - stored.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.01
+
+
+def test_fps_sampling_picks_nearest_frames_and_records_seconds(tmp_path, weights):
+    values = [10 * i + 20 for i in range(20)]  # frame i is flat gray 10 i + 20
+    video = write_video(tmp_path / "v.avi", 20, fps=10, fourcc="MJPG", values=values)
+    picked = [int(round(f.mean())) for f in frame_io.sample_frames(video, 4)]
+    # targets 0, .25, .5, ... s at 10 fps: frames 0, 2 (2.5 -> the earlier), 5, 7 (7.5), 10, ...
+    nearest = [0, 2, 5, 7, 10, 12, 15, 17]
+    assert [min(range(20), key=lambda i: abs(values[i] - v)) for v in picked] == nearest
+    assert [len(list(frame_io.sample_frames(video, r))) for r in (10, 5, 1)] == [20, 10, 2]
+    out = tmp_path / "out"
+    assert ef.main(["-mode", "rgb", "-load_model", weights["rgb"], "--input", str(video), "-save_dir", str(out),
+                    "--fps", "5", "--resize", "0", "--crop", "0", "--stack", "4", "--step", "2", "--workers", "0",
+                    "-q", "--format", "h5"]) == 0
+    import h5py
+
+    with h5py.File(out / "features.h5", "r") as f:
+        ds = f["v"]
+        assert ds.shape == (4, 1024)
+        assert ds.attrs["fps"] == 5 and ds.attrs["frames"] == 10
+        assert list(ds.attrs["window_start_s"]) == [0.0, 0.4, 0.8, 1.2]
+        assert list(ds.attrs["window_end_s"]) == [0.8, 1.2, 1.6, 2.0]
+
+
+def test_truncated_video_gives_features_for_what_decodes(tmp_path, weights, caplog):
+    video = write_video(tmp_path / "t.avi", 24, fourcc="MJPG")
+    data = video.read_bytes()
+    video.write_bytes(data[:len(data) * 6 // 10])  # cut in the middle
+    with caplog.at_level(logging.WARNING):
+        frames = list(frame_io.iter_frames(video))
+    assert 8 <= len(frames) < 24
+    assert f"decoding stopped after frame {len(frames)}" in caplog.text
+    out = tmp_path / "out"
+    assert ef.main(["-mode", "rgb", "-load_model", weights["rgb"], "--input", str(video), "-save_dir", str(out),
+                    *SMALL]) == 0
+    side = json.loads((out / "t.json").read_text())
+    assert side["frames"] == len(frames)
+    assert np.load(out / "t.npy").shape == ((len(frames) - 8) // 4 + 1, 1024)
+    # nothing decodable: non-zero exit, the video named
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "b.avi").write_bytes(data[:200])
+    r = run_cli("extract_features.py", "-mode", "rgb", "-load_model", weights["rgb"], "--input",
+                tmp_path / "bad" / "b.avi", "-save_dir", tmp_path / "out2", *SMALL)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "b.avi" in r.stderr
+
+
+def test_bad_flags_one_line_nothing_written(tmp_path, weights):
+    video = write_video(tmp_path / "clip.mp4", 6, fps=10)
+    base = ["-load_model", weights["rgb"], "--input", video]
+    cases = [(["--fps", "0"], "--fps must be a positive"), (["--fps", "-2"], "--fps must be a positive"),
+             (["--fps", "25"], "above the 10 fps"),
+             (["--flow-model", weights["flow"]], "--flow-model is for the flow stream"),
+             (["-mode", "both", "--flow-model", weights["rgb"]], "rgb weights"),
+             (["--concat"], "--concat needs -mode both")]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        r = run_cli("extract_features.py", *base, "-save_dir", out, *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr and message in r.stderr, (extra, r.stderr)
+        assert sum("error:" in line for line in r.stderr.splitlines()) == 1, (extra, r.stderr)
+        assert not out.exists() or not any(out.rglob("*")), extra
+
+
+def test_dense_flow_workers_split_one_video_same_files(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", 12)
+    assert dense_flow.split_pairs(12, 2) == [(0, 6), (6, None)]
+    assert dense_flow.split_pairs(0, 2) == [(0, None)]
+    outs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        assert dense_flow.main([str(video), "-o", str(out), "--resize", "0", "--rgb", "--visualize",
+                                "--workers", workers, "--no-compile"]) == 0
+        outs.append(out / "clip")
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 37
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    assert [p.name for p in (tmp_path / "w2").iterdir()] == ["clip"]  # no temporary folder left
+
+
+def test_batched_gpu_path_on_cpu_tensors():
+    pairs = [synthetic_charades.synthetic_pair(40, 56, k, seed=s) for s, k in enumerate(["translation", "patch"])]
+    frames = np.stack([pairs[0][0], pairs[0][1], pairs[1][1]])
+    r = tvl1.gpu_check_flow(frames, device="cpu", batch=2, compile_step=False, repeat=1)
+    assert r["pairs"] == 2 and r["device"] == "cpu" and r["pairs_per_s"] > 0
+    assert r["max_epe_vs_cpu"] < 0.01
