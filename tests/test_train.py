@@ -259,7 +259,8 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
     root = tmp_path / "syn" / "rgb"
     torch.manual_seed(0)  # as train() does with --seed 0: the very model training starts from
     before_model = train_i3d.build_model(str(rgb_scratch_weights), "rgb", 4)
-    before = charades_metrics.evaluate(before_model, split, root, "rgb", resize=112, crop=112, progress=False)
+    before = charades_metrics.evaluate(before_model, split, root, "rgb", resize=112, crop=112, clip_frames=16,
+                                       progress=False)
     args = train_i3d.parse_args([
         "-root", str(root), "--split", str(split), "-save_model", str(tmp_path / "run" / "m_"),
         "--init", str(rgb_scratch_weights), "--num-classes", "4", "--clip-frames", "16", "--crop", "112",
@@ -267,7 +268,7 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
         "--max-steps", str(LEARN_STEPS), "--eval-every", str(LEARN_STEPS)])
     result = train_i3d.train(args)
     after = charades_metrics.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
-                              crop=112, progress=False)
+                                      crop=112, clip_frames=16, progress=False)  # the flags it was trained with
     chance = after["classification_chance"]
     print(f"mAP before {before['classification_map']:.3f}, after {after['classification_map']:.3f}, "
           f"chance {chance:.3f}, {after['videos']} testing videos")
