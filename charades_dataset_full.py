@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+import atomic_io
 import frame_io
 import tvl1
 from charades_dataset import read_annotations
@@ -61,11 +62,11 @@ def _video_flow(src: VideoSource, flow: FlowOptions, fps: float | None) -> Itera
         yield from tvl1.iter_video_flow(grays, device=flow.device, jpeg=flow.jpeg)
         return
     vid = Path(src.path).stem
-    with frame_io.atomic_dir(Path(flow.keep_dir) / src.key) as tmp:  # renamed once the video is complete
+    with atomic_io.atomic_dir(Path(flow.keep_dir) / src.key) as tmp:  # renamed once the video is complete
 
         def keep(index: int, bx: bytes, by: bytes) -> None:
-            frame_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "x"), bx)
-            frame_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "y"), by)
+            atomic_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "x"), bx)
+            atomic_io.write_bytes_checked(tmp / frame_io.charades_frame_name(vid, index, "y"), by)
         yield from tvl1.iter_video_flow(grays, device=flow.device, jpeg=flow.jpeg, keep=keep)
 
 

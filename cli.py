@@ -9,7 +9,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from frame_io import ALLOW_GAPS_ENV, DiskFullError, FrameError, disk_full, is_disk_full
+from atomic_io import DiskFullError, disk_full, is_disk_full
+from frame_io import ALLOW_GAPS_ENV, FrameError
 
 if TYPE_CHECKING:
     import torch

@@ -46,8 +46,9 @@ import torch
 from tqdm import tqdm
 
 from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
-from frame_io import (DiskFullError, FrameError, atomic_write_bytes, charades_frame_name, clean_stale_temps, file_lock,
-                      is_video_file, iter_frames, list_frame_files, temp_dir_for, video_info, write_bytes_checked,
+from atomic_io import (DiskFullError, atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for,
+                       write_bytes_checked)
+from frame_io import (FrameError, charades_frame_name, is_video_file, iter_frames, list_frame_files, video_info,
                       write_image)
 from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
 

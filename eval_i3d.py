@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-import frame_io
+import atomic_io
 from charades_dataset import add_data_args
 from charades_metrics import LOCALIZE_POINTS, evaluate
 from cli import add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device, setup_logging
@@ -62,10 +62,10 @@ def write_submission(prefix: str | Path, result: dict) -> tuple[Path, Path]:
     ('VID s0 s1 ...' per video) and PREFIX_localize.txt ('VID FRAME s0 s1 ...', frames 0..24)."""
     prefix = Path(prefix)
     cls_path, loc_path = Path(f"{prefix}_classify.txt"), Path(f"{prefix}_localize.txt")
-    frame_io.atomic_write_bytes(cls_path, "".join(f"{v} " + " ".join(f"{s:.6g}" for s in row) + "\n"
+    atomic_io.atomic_write_bytes(cls_path, "".join(f"{v} " + " ".join(f"{s:.6g}" for s in row) + "\n"
                                for v, row in zip(result["vids"], result["video_scores"])).encode())
     rows = result["frame_scores"].reshape(len(result["vids"]), LOCALIZE_POINTS, -1)
-    frame_io.atomic_write_bytes(loc_path, "".join(f"{v} {j} " + " ".join(f"{s:.6g}" for s in rows[i, j]) + "\n"
+    atomic_io.atomic_write_bytes(loc_path, "".join(f"{v} {j} " + " ".join(f"{s:.6g}" for s in rows[i, j]) + "\n"
                                for i, v in enumerate(result["vids"]) for j in range(LOCALIZE_POINTS)).encode())
     return cls_path, loc_path
 

@@ -50,6 +50,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+import atomic_io
 import frame_io
 import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
@@ -139,7 +140,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                     if i not in states:
                         states[i] = _new_state(args, model, run, mode, device, item["total"], batcher)
                     states[i].push(item["frames"].numpy())
-                except frame_io.DiskFullError:
+                except atomic_io.DiskFullError:
                     raise
                 except Exception as e:  # e.g. frames smaller than the crop, out of memory
                     broken.add(i)
@@ -178,7 +179,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                 done += 1
                 frames_total += int(item["count"])
                 bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}")
-            except frame_io.DiskFullError:
+            except atomic_io.DiskFullError:
                 raise  # every later video would fail too: stop the job, with one line
             except Exception as e:
                 failures.append((key, f"{key}: {e}"))
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         failures += [(f"{mode}:{key}" if args.mode == "both" else key, msg) for key, msg in fails]
         failures_file = out_dir / f"failures{tag}.txt"
         if fails:
-            frame_io.atomic_write_bytes(failures_file, "".join(f"{key}\t{msg}\n" for key, msg in fails).encode())
+            atomic_io.atomic_write_bytes(failures_file, "".join(f"{key}\t{msg}\n" for key, msg in fails).encode())
         else:
             failures_file.unlink(missing_ok=True)
     if args.concat:

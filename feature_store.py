@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-import frame_io
+import atomic_io
 from cli import UserError, dist_env
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _clean_tree(folder: Path) -> None:
     """Temporaries of killed runs anywhere under folder (a live process's are kept)."""
     if folder.is_dir():
         for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.name.startswith("."))]:
-            frame_io.clean_stale_temps(sub)
+            atomic_io.clean_stale_temps(sub)
 
 
 def _json_attrs(attrs: dict) -> str:
@@ -60,13 +60,13 @@ class NpyStore:
         _clean_tree(out_dir)
 
     def done(self, key: str) -> bool:
-        return frame_io.npy_complete(self.out_dir / f"{key}.npy")
+        return atomic_io.npy_complete(self.out_dir / f"{key}.npy")
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
         if attrs:  # the sidecar first: a finished .npy always has its .json
-            with frame_io.atomic_write(self.out_dir / f"{key}.json") as tmp:
+            with atomic_io.atomic_write(self.out_dir / f"{key}.json") as tmp:
                 tmp.write_text(_json_attrs(attrs))
-        frame_io.save_npy(self.out_dir / f"{key}.npy", array)
+        atomic_io.save_npy(self.out_dir / f"{key}.npy", array)
 
     def load(self, key: str) -> tuple[np.ndarray, dict]:
         side = self.out_dir / f"{key}.json"
@@ -110,7 +110,7 @@ class H5Store:
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
         buf = io.BytesIO()
         np.savez(buf, array=array, attrs=np.array(json.dumps(attrs)))
-        frame_io.atomic_write_bytes(self._pending(key), buf.getbuffer())
+        atomic_io.atomic_write_bytes(self._pending(key), buf.getbuffer())
 
     def _read_pending(self) -> list[tuple[str, list[Path]]]:
         """[(key, its pending files)] of the finished videos waiting in PENDING."""
@@ -137,17 +137,17 @@ class H5Store:
 
     def close(self) -> None:
         self.lock.mkdir(parents=True, exist_ok=True)
-        with frame_io.file_lock(self.lock):
-            frame_io.clean_stale_temps(self.path.parent, self.path.name)  # a killed rebuild's copy
+        with atomic_io.file_lock(self.lock):
+            atomic_io.clean_stale_temps(self.path.parent, self.path.name)  # a killed rebuild's copy
             new = self._read_pending()
             if not new:
                 return
             need = (self.path.stat().st_size if self.path.exists() else 0) + sum(
                 f.stat().st_size for _, files in new for f in files) + (1 << 20)
             if shutil.disk_usage(self.path.parent).free < need:  # HDF5 must not meet a full disk
-                raise frame_io.disk_full(self.path)
+                raise atomic_io.disk_full(self.path)
             try:
-                with frame_io.atomic_write(self.path, suffix=".tmp.h5") as tmp:
+                with atomic_io.atomic_write(self.path, suffix=".tmp.h5") as tmp:
                     if self.path.exists():
                         shutil.copyfile(self.path, tmp)
                     with self.h5py.File(tmp, "a", locking=False) as f:
@@ -165,8 +165,8 @@ class H5Store:
                     with open(tmp, "rb+") as fh:
                         os.fsync(fh.fileno())
             except (OSError, RuntimeError) as e:
-                if frame_io.is_disk_full(e) or shutil.disk_usage(self.path.parent).free < need:
-                    raise frame_io.disk_full(self.path) from None
+                if atomic_io.is_disk_full(e) or shutil.disk_usage(self.path.parent).free < need:
+                    raise atomic_io.disk_full(self.path) from None
                 raise
             for _, files in new:  # exactly the ones merged: another run's newer files stay
                 for f in files:

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cli import UserError, run_main, select_device, setup_logging
-from frame_io import FrameError, IMAGE_EXTS, atomic_write, is_video_file, iter_frames, list_frame_files
-from pytorch_i3d import cpu_has_native_bf16
+from atomic_io import atomic_write
+from frame_io import IMAGE_EXTS, FrameError, is_video_file, iter_frames, list_frame_files, read_frames
+from pytorch_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -306,10 +307,7 @@ class Extractor:
             torch.cuda.set_device(self.device)
         if precision not in ("fp32", "bf16"):
             raise UserError(f"--precision must be fp32 or bf16, got {precision!r}")
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
-            raise UserError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32")
-        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("--precision bf16: this GPU does not support bf16; use fp32")
+        check_precision(precision, self.device)  # bf16 where the device cannot: one line, PrecisionError
         path = resolve_weights(weights, models_dir)
         model = load_model(path, mode="rgb")
         if model.num_classes != 400:
@@ -479,6 +477,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.save_stats and any(f.suffix != ".npz" for f in args.save_stats):
         p.error("--save-stats files must end in .npz")
     return args
+
+
+def port_table(weights: str | Path = MODELS_DIR / "rgb_scratch.pt", clips: int = 3, frames: int = 16) -> list[tuple[str, float, float, float]]:
+    """FVD of the same sets under each choice the common ports make differently: rows of
+    (choice, zeros vs 255 at 15 frames, zeros vs 255 at 30 frames, bikes vs bigbuckbunny clips).
+    The sample videos (`make samples`) give `clips` clips of `frames` frames each. The README's
+    table of the ports comes from here."""
+    ext = Extractor(weights=weights, workers=0, progress=False)
+    samples = Path(__file__).resolve().parent / "data" / "samples"
+    real = []
+    for name in ("bikes.mp4", "bigbuckbunny.mp4"):
+        video = read_frames(samples / name)
+        starts = np.linspace(0, len(video) - frames, clips).astype(int)
+        real.append(np.stack([video[s:s + frames] for s in starts]))
+    # one constant video per set (all videos of such a set are equal): its row twice, covariance 0
+    const = {t: [np.zeros((1, t, 64, 64, 3), np.uint8), np.full((1, t, 64, 64, 3), 255, np.uint8)] for t in (15, 30)}
+
+    def half_pixel(v: np.ndarray) -> torch.Tensor:  # F.interpolate(align_corners=False): StyleGAN-V, VideoGPT
+        x = torch.from_numpy(v).float().permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        return (2 * x / 255 - 1).permute(1, 0, 2, 3)
+
+    variants = {
+        "reference: TF1 resize, [-1, 1], rgb_scratch, N-1": (lambda v: preprocess(v), 1),
+        "input range [-0.5, 0.5]": (lambda v: preprocess(v) / 2, 1),
+        "resize: half-pixel bilinear (F.interpolate)": (half_pixel, 1),
+        "resize: antialiased bilinear (torchvision)": (lambda v: preprocess(v, resize="torch"), 1),
+        "covariance with N (np.cov bias=True)": (lambda v: preprocess(v), 0),
+    }
+    rows, cache = [], {}
+    for name, (prep, ddof) in variants.items():
+        values = []
+        for k, (a, b) in enumerate((const[15], const[30], real)):
+            key = (id(prep) if ddof else id(variants[next(iter(variants))][0]), k)  # N vs N-1: same features
+            if key not in cache:
+                cache[key] = [np.concatenate([ext._run([prep(v)[None]]) for v in s]) for s in (a, b)]
+            fa, fb = (np.repeat(f, 2, axis=0) if len(f) == 1 else f for f in cache[key])
+            stats = [(f.mean(0), np.cov(f, rowvar=False, ddof=ddof)) for f in (fa, fb)]
+            values.append(frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1]))
+        rows.append((name, *values))
+        logger.info("%s: %s", name, ", ".join(f"{v:.3f}" for v in values))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import atomic_io
 import frame_io
 from cli import run_main, setup_logging
 from pytorch_i3d import InceptionI3d
@@ -88,11 +89,11 @@ def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frame
         vid = f"SYN{i:04d}"
         n = int(rng.integers(max(8, frames * 3 // 4), frames + 1))
         rgb, motion, actions = render_video(rng, num_classes, n, height, width, object_size=max(8, size // 4))
-        with frame_io.atomic_dir(out / "rgb" / vid) as d:
+        with atomic_io.atomic_dir(out / "rgb" / vid) as d:
             for t, img in enumerate(rgb, start=1):
                 frame_io.write_image(d / frame_io.charades_frame_name(vid, t), img)
         if flow:
-            with frame_io.atomic_dir(out / "flow" / vid) as d:
+            with atomic_io.atomic_dir(out / "flow" / vid) as d:
                 for t, f in enumerate(motion, start=1):
                     fx, fy = flow_to_uint8(f)
                     frame_io.write_image(d / frame_io.charades_frame_name(vid, t, "x"), fx)
@@ -100,10 +101,10 @@ def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frame
         annotations[vid] = {"subset": "testing" if i < n_test else "training",
                             "duration": round(n / FPS, 3), "actions": [list(a) for a in actions]}
     split = out / "charades.json"
-    with frame_io.atomic_write(split) as tmp:
+    with atomic_io.atomic_write(split) as tmp:
         tmp.write_text(json.dumps(annotations, indent=1))
     for subset, name in (("training", "Charades_v1_train.csv"), ("testing", "Charades_v1_test.csv")):
-        with frame_io.atomic_write(out / name) as tmp, tmp.open("w", newline="") as f:
+        with atomic_io.atomic_write(out / name) as tmp, tmp.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "subject", "scene", "actions", "length"])
             for vid, a in annotations.items():

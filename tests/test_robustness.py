@@ -21,6 +21,7 @@ import dense_flow
 import eval_i3d
 import extract_features
 import feature_store
+import atomic_io
 import frame_io
 import predict
 import synthetic_charades
@@ -120,7 +121,7 @@ def assert_disk_full_line(r: subprocess.CompletedProcess, where: Path) -> None:
 def test_short_write_and_enospc_raise(tmp_path, monkeypatch):
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: 0)  # the device takes nothing
-    with pytest.raises(frame_io.DiskFullError, match=r"a\.jpg: disk full \(.* free\)"):
+    with pytest.raises(atomic_io.DiskFullError, match=r"a\.jpg: disk full \(.* free\)"):
         frame_io.write_image(tmp_path / "a.jpg", np.zeros((8, 8), np.uint8))
 
     def half_then_enospc(fd, data, calls=[]):
@@ -129,20 +130,20 @@ def test_short_write_and_enospc_raise(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, bytes(data[: len(data) // 2]))
     monkeypatch.setattr(os, "write", half_then_enospc)
-    with pytest.raises(frame_io.DiskFullError, match="b.npy: disk full"):
-        frame_io.save_npy(tmp_path / "b.npy", np.ones(1000, np.float32))
+    with pytest.raises(atomic_io.DiskFullError, match="b.npy: disk full"):
+        atomic_io.save_npy(tmp_path / "b.npy", np.ones(1000, np.float32))
     assert list(tmp_path.iterdir()) == []  # no partial image, and the atomic .npy left nothing
     monkeypatch.setattr(os, "write", real_write)
-    frame_io.save_npy(tmp_path / "b.npy", np.ones(1000, np.float32))
-    assert frame_io.npy_complete(tmp_path / "b.npy")
+    atomic_io.save_npy(tmp_path / "b.npy", np.ones(1000, np.float32))
+    assert atomic_io.npy_complete(tmp_path / "b.npy")
     (tmp_path / "c.npy").write_bytes((tmp_path / "b.npy").read_bytes()[:-4])
-    assert not frame_io.npy_complete(tmp_path / "c.npy")  # a short .npy is never taken as done
+    assert not atomic_io.npy_complete(tmp_path / "c.npy")  # a short .npy is never taken as done
     assert not feature_store.NpyStore(tmp_path).done("c")
 
 
 def test_append_is_all_or_nothing(tmp_path, monkeypatch):
     log = tmp_path / "log.csv"
-    frame_io.append_bytes_checked(log, b"step\n1\n")
+    atomic_io.append_bytes_checked(log, b"step\n1\n")
     real_write, calls = os.write, []
 
     def three_bytes_then_enospc(fd, data):
@@ -151,8 +152,8 @@ def test_append_is_all_or_nothing(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, bytes(data[:3]))
     monkeypatch.setattr(os, "write", three_bytes_then_enospc)
-    with pytest.raises(frame_io.DiskFullError):
-        frame_io.append_bytes_checked(log, b"2,0.5,0.25\n")
+    with pytest.raises(atomic_io.DiskFullError):
+        atomic_io.append_bytes_checked(log, b"2,0.5,0.25\n")
     assert log.read_bytes() == b"step\n1\n"  # no half row
 
 
@@ -276,7 +277,7 @@ def test_h5_pending_is_one_file_and_stale_copies_go(tmp_path):
     assert [p.relative_to(out / ".pending").as_posix() for p in (out / ".pending").rglob("*") if p.is_file()] == [
         "sub/A.npz"]
     assert store.done("sub/A")
-    (out / ".pending" / "L.npy").write_bytes(frame_io.npy_bytes(np.ones(2, np.float32)))  # older version, killed
+    (out / ".pending" / "L.npy").write_bytes(atomic_io.npy_bytes(np.ones(2, np.float32)))  # older version, killed
     assert not store.done("L")  # an array without its attrs is not done
     stale = [out / ".features.h5.abcdefgh.tmp.h5", out / f".features.h5.{dead_pid()}-abcdefgh.tmp.h5"]
     live = out / f".features.h5.{os.getpid()}-zzzzzzzz.tmp.h5"
@@ -294,7 +295,7 @@ def test_h5_refuses_a_rebuild_that_does_not_fit(tmp_path, monkeypatch):
     store.save("A", np.ones(10, np.float32), {})
     usage = shutil.disk_usage(out)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
-    with pytest.raises(frame_io.DiskFullError, match="features.h5: disk full"):
+    with pytest.raises(atomic_io.DiskFullError, match="features.h5: disk full"):
         store.close()
     assert (out / ".pending" / "A.npz").is_file() and not (out / "features.h5").exists()
 
