@@ -284,8 +284,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=size_or_zero, default=224, help="center crop size (0: whole frame)")
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
-    p.add_argument("--workers", type=nonneg_int, default=default_workers(),
-                   help="decode worker processes (default: 0 on up to 4 cores: decode in a thread of this process)")
+    p.add_argument("--workers", type=nonneg_int, default=None,
+                   help="decode worker processes (default: 0 on up to 4 cores, decoding in a thread of this "
+                        "process; at least 1 where TV-L1 flow is computed from video files)")
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="torch threads for the network (default: OMP_NUM_THREADS if set, else on CPU the cores "
                         "left after decoding, at least 1)")
@@ -337,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     apply_allow_gaps(args.allow_gaps)
     device = select_device(args.device)
+    if args.workers is None:
+        # TV-L1 from video files runs where decoding does: a worker process, not the network's threads
+        flow_from_videos = args.mode in ("flow", "both") and args.input is not None
+        args.workers = max(default_workers(), 1 if flow_from_videos else 0)
     if args.threads or (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ):
         torch.set_num_threads(args.threads or compute_threads(args.workers))
     k, n = parse_shard(args.shard)
