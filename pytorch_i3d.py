@@ -405,7 +405,12 @@ class _FastMaxPool(nn.Module):
 def _max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
     """max_pool3d(x, 3, stride 1, padding 1) as three separable passes of two in-place maxima
     (no padded copy, 6 comparisons instead of 26): 2-5x faster than PyTorch's pool in bf16."""
-    for dim in (4, 3, 2):
+    return separable_max3(x, (4, 3, 2))
+
+
+def separable_max3(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """The max over each 3-wide window (clipped at the borders) along each of `dims` in turn."""
+    for dim in dims:
         n = x.shape[dim]
         if n > 1:
             y = x.clone()

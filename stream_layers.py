@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pytorch_i3d import (InceptionModule, MaxPool3dSamePadding, Unit3D, _conv3d, _FastInception, _FastMaxPool,
-                         _FastUnit, _triple, same_padding)
+                         _FastUnit, _triple, same_padding, separable_max3)
 
 # _FastInception's branch-3 pool is the function _max_pool_3x3x3 (no layer object): kernel 3,
 # stride 1 in time, as the InceptionModule.b3a it replaces.
@@ -272,15 +272,7 @@ def _fast_block_pool(x: torch.Tensor) -> torch.Tensor:
     out = _empty((x.shape[0], x.shape[1], n, *x.shape[3:]), x, True)
     torch.maximum(x.narrow(2, 0, n), x.narrow(2, 1, n), out=out)
     torch.maximum(out, x.narrow(2, 2, n), out=out)
-    for dim in (4, 3):
-        size = out.shape[dim]
-        if size > 1:
-            y = out.clone()
-            lo, hi = y.narrow(dim, 0, size - 1), y.narrow(dim, 1, size - 1)
-            torch.maximum(lo, out.narrow(dim, 1, size - 1), out=lo)
-            torch.maximum(hi, out.narrow(dim, 0, size - 1), out=hi)
-            out = y
-    return out
+    return separable_max3(out, (4, 3))
 
 
 def _unit_stage(op, module_fn, k: int, s: int, n: int, cl: bool):

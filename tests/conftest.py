@@ -34,6 +34,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny inputs: one thread is as fast, and does not fight other processes
+    for the cores (a second thread only adds synchronisation)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     import samples

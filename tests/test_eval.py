@@ -24,13 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES, CROP = 3, 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The inputs are tiny: one thread is as fast, and does not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

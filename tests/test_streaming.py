@@ -17,14 +17,7 @@ CHUNKS = (1, 3, 8, 13, 64, 512, "random")
 CLASSES = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: a second thread only adds synchronisation, which is slow when the two cores
-    # are shared with other processes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
