@@ -72,7 +72,7 @@ def test_flow_from_video_equals_two_step_path(tmp_path, weights):
     assert np.linalg.norm(one - two) / np.linalg.norm(two) < 0.02
     # --keep-flow: dense_flow.py's files, byte for byte
     kept = sorted(p.name for p in (tmp_path / "kept" / "clip").iterdir())
-    assert kept == sorted(p.name for p in (tmp_path / "df" / "clip").iterdir())
+    assert kept == sorted(p.name for p in (tmp_path / "df" / "clip").iterdir() if p.name != dense_flow.DONE_MARKER)
     assert len(kept) == 24
     for name in kept:
         assert (tmp_path / "kept" / "clip" / name).read_bytes() == (tmp_path / "df" / "clip" / name).read_bytes()
@@ -169,7 +169,8 @@ def test_dense_flow_workers_split_one_video_same_files(tmp_path):
                                 "--workers", workers, "--no-compile"]) == 0
         outs.append(out / "clip")
     names = sorted(p.name for p in outs[0].iterdir())
-    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 37
+    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 38  # 36 frames, vis, marker
+    assert dense_flow.DONE_MARKER in names  # written last, by the parent, also for a split video
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     assert [p.name for p in (tmp_path / "w2").iterdir()] == ["clip"]  # no temporary folder left
