@@ -63,10 +63,15 @@ class NpyStore:
         return atomic_io.npy_complete(self.out_dir / f"{key}.npy")
 
     def save(self, key: str, array: np.ndarray, attrs: dict) -> None:
+        side = self.out_dir / f"{key}.json"
         if attrs:  # the sidecar first: a finished .npy always has its .json
-            with atomic_io.atomic_write(self.out_dir / f"{key}.json") as tmp:
+            with atomic_io.atomic_write(side) as tmp:
                 tmp.write_text(_json_attrs(attrs))
-        atomic_io.save_npy(self.out_dir / f"{key}.npy", array)
+        try:
+            atomic_io.save_npy(self.out_dir / f"{key}.npy", array)
+        except BaseException:
+            side.unlink(missing_ok=True)  # no sidecar without its array
+            raise
 
     def load(self, key: str) -> tuple[np.ndarray, dict]:
         side = self.out_dir / f"{key}.json"
