@@ -32,6 +32,7 @@ def test_tvl1_matches_ground_truth_and_opencv(kind):
         assert np.allclose(np.median(ours.reshape(-1, 2), 0), gt[0, 0], atol=0.02)
 
 
+@pytest.mark.slow
 def test_batched_equals_one_at_a_time():
     pairs = [synthetic_charades.synthetic_pair(64, 80, k, seed=s) for s, k in enumerate(["translation", "rotation", "patch"])]
     i0 = torch.from_numpy(np.stack([p[0] for p in pairs])).float()[:, None]
@@ -47,6 +48,7 @@ def test_batched_equals_one_at_a_time():
         assert torch.allclose(whole, single, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compute_flow_chunks_and_other_methods():
     f0, f1, _ = synthetic_charades.synthetic_pair(48, 64, "translation", seed=3)
     frames = np.stack([f0, f1, f0])
@@ -111,6 +113,7 @@ def tiny_video(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_cli_video_and_folder_exact_layout(tmp_path, tiny_video):
     folder = tmp_path / "in" / "frames_b"
     folder.mkdir()
@@ -136,6 +139,7 @@ def test_cli_video_and_folder_exact_layout(tmp_path, tiny_video):
     assert cv2.imread(str(tmp_path / "out32" / "frames_b" / "frames_b-000001x.jpg")).shape[:2] == (32, 43)
 
 
+@pytest.mark.slow
 def test_cli_resume_skips_finished_and_redoes_unfinished(tmp_path, tiny_video):
     out = tmp_path / "out"
     args = [str(tiny_video), "-o", str(out), "--resize", "0", "--no-compile"]
@@ -156,6 +160,7 @@ def test_cli_resume_skips_finished_and_redoes_unfinished(tmp_path, tiny_video):
     assert sorted(p.name for p in out.iterdir()) == ["clip one"]
 
 
+@pytest.mark.slow
 def test_cli_failures(tmp_path, tiny_video):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")

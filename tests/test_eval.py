@@ -116,6 +116,7 @@ def _frames(root: Path, vid: str, mode: str) -> np.ndarray:
     return np.stack(list(open_video(src, mode, None, CROP)[2]))
 
 
+@pytest.mark.slow
 def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
     root = syn / "rgb"
     frames = _frames(root, "SYN0000", "rgb")
@@ -131,6 +132,7 @@ def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
     assert np.ptp(got) > 1e-3  # not a constant: the check above has teeth
 
 
+@pytest.mark.slow
 def test_short_video_is_padded_to_clip_frames_as_in_training(syn, rgb_model):
     """--clip-frames (training's flag and default): a video shorter than it is padded with its
     last frame, as training pads its clips; the per-frame outputs are cut back to the video."""
@@ -155,6 +157,7 @@ def test_short_video_is_padded_to_clip_frames_as_in_training(syn, rgb_model):
     assert eval_i3d.parse_args(["-root", "r", "-split", "s", "-load_model", "m", "--clip-frames", "16"]).clip_frames == 16
 
 
+@pytest.mark.slow
 def test_evaluate_one_stream(syn, rgb_model):
     split = syn / "charades.json"
     rgb_model.train()  # as the training loop hands it over
@@ -203,6 +206,7 @@ def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
     assert 0.95 <= r["localization_map"] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["prob", "logit"])
 def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
     r = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
@@ -221,6 +225,7 @@ def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
     assert not np.allclose(one["video_scores"], r["video_scores"])  # the flow stream counts
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_wrong_stream_and_classes(syn, rgb_model, flow_model):
     with pytest.raises(charades_metrics.UserError, match="channel"):
         charades_metrics.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
@@ -229,6 +234,7 @@ def test_evaluate_refuses_wrong_stream_and_classes(syn, rgb_model, flow_model):
                           crop=CROP, progress=False)
 
 
+@pytest.mark.slow
 def test_unreadable_video_is_skipped_and_reported(syn, rgb_model, weight_files, tmp_path):
     root = tmp_path / "rgb"
     shutil.copytree(syn / "rgb", root)
@@ -253,6 +259,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_files, tmp_path, capsys):
     p = _cli("-mode", "rgb", "-root", syn / "rgb", "-split", syn / "Charades_v1_test.csv", "-load_model",
              weight_files["rgb"], "--flow-model", weight_files["flow"], "--flow-root", syn / "flow",
@@ -277,6 +284,7 @@ def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_
     assert len(loc_lines) == 3 * 25 and loc_lines[1].split()[:2] == ["SYN0000", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["invalid split", "root without videos", "flow weights for rgb"])
 def test_cli_bad_input_is_one_line(case, syn, weight_files, tmp_path):
     split, root, weights_file = syn / "charades.json", syn / "rgb", weight_files["rgb"]

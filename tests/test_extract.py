@@ -92,6 +92,7 @@ def test_temporal_stride(model5c):
     assert streaming.temporal_stride(model5c.for_inference("fp32"), "Conv3d_1a_7x7") == 2
 
 
+@pytest.mark.slow
 def test_chunked_equals_whole_video(model5c, chunk_frames=32):
     fast = model5c.for_inference("fp32")
     for t in (1, 7, 8, 9, 63, 64, 65, 130, 301):
@@ -119,6 +120,7 @@ def test_wrong_length_raises_with_the_true_count(model5c):
         assert e.value.seen == 40 and e.value.expected == total
 
 
+@pytest.mark.slow
 def test_endpoint_chunked_equals_whole_video():
     model = synthetic_charades.calibrated_random_i3d(final_endpoint="Mixed_4f")
     frames = random_frames(130, seed=2)
@@ -131,6 +133,7 @@ def test_endpoint_chunked_equals_whole_video():
     assert_close(out, ref)
 
 
+@pytest.mark.slow
 def test_stream_features_rereads_on_wrong_length(model5c):
     frames = random_frames(100, seed=3)
     ref = whole_video(model5c, frames)  # (T', 1, 1, 1024)
@@ -177,6 +180,7 @@ def test_real_weights_chunked_fast_equals_whole_video(rgb_scratch_weights):
     assert np.abs(out.permute(0, 2, 3, 1).numpy() - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_and_reports_failures(tmp_path, weights_file):
     root = tmp_path / "root"
     make_charades(root, "A", 12)
@@ -202,6 +206,7 @@ def test_resume_skips_finished_and_reports_failures(tmp_path, weights_file):
     assert np.load(out / "B.npy").shape == (2, 1, 1, 1024)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-load_model", str(weights_file),
@@ -236,6 +241,7 @@ def test_shard_partition():
         feature_store.parse_shard("4/4")
 
 
+@pytest.mark.slow
 def test_input_nested_same_names_with_workers_and_shards(tmp_path, weights_file):
     for d in ("a", "b", "b/deeper"):
         write_video(tmp_path / "v" / d / "clip.mp4", 20, seed=len(d) + ord(d[0]))
@@ -255,6 +261,7 @@ def test_input_nested_same_names_with_workers_and_shards(tmp_path, weights_file)
     assert not np.allclose(np.load(out / "a" / "clip.npy"), np.load(out / "b" / "clip.npy"))
 
 
+@pytest.mark.slow
 def test_h5_output_resumes(tmp_path, weights_file):
     import h5py
 
@@ -280,6 +287,7 @@ def test_h5_output_resumes(tmp_path, weights_file):
         assert f["D"].shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_stack_step_windows(tmp_path, weights_file, model5c):
     """--stack 16 --step 8 on 40 frames: windows at 0, 8, 16, 24 (the partial one at 32 is
     dropped), each the mean over time and space of its own forward pass."""
@@ -304,6 +312,7 @@ def test_stack_step_windows(tmp_path, weights_file, model5c):
     assert "shorter than one --stack" in (tmp_path / "out" / "failures.txt").read_text()
 
 
+@pytest.mark.slow
 def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, model5c):
     """One batcher for all videos: windows of different videos run in the same forward pass
     and each video still gets exactly its own features, in order."""
@@ -334,6 +343,7 @@ def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, m
         assert_close(np.load(tmp_path / "out6" / f"{vid}.npy"), np.load(tmp_path / "out1" / f"{vid}.npy"))
 
 
+@pytest.mark.slow
 def test_ten_crop_and_flow_flip(model5c):
     frames = random_frames(9, h=40, w=48, seed=5)
     run = streaming.make_runner(model5c, torch.device("cpu"), ten_crop=32)
@@ -380,6 +390,7 @@ def _peak_rss_kib(video: Path, weights: Path, out: Path) -> int:
     return int(r.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_bounded(tmp_path, weights_file):
     short, long = tmp_path / "short.mp4", tmp_path / "long.mp4"
     write_video(short, 250, size=64)
@@ -391,6 +402,7 @@ def test_peak_memory_bounded(tmp_path, weights_file):
     assert rss_long <= 1.25 * rss_short, (rss_short, rss_long)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offset", [3, -5])
 def test_wrong_container_frame_count_is_reread(tmp_path, weights_file, monkeypatch, caplog, offset):
     """A container that reports the wrong frame count (more or fewer than decoded) costs a
@@ -416,6 +428,7 @@ def test_count_video_frames(tmp_path):
     assert frame_io.count_video_frames(tmp_path / "clip.mp4") == 37
 
 
+@pytest.mark.slow
 def test_benchmark_extraction_rows():
     """Whole processes: the original pytorch-i3d path and extract_features.py at default flags
     give equal features (else the benchmark raises); seconds rows, then peak-RSS rows."""
@@ -436,6 +449,7 @@ def test_benchmark_extraction_rows():
     assert "40 frames" in rows[3]["row"] and all(0.1 < r["value"] < 64 for r in rows[2:])
 
 
+@pytest.mark.slow
 def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
     root = tmp_path / "root"
     make_charades(root, "A", 10)

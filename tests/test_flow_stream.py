@@ -86,6 +86,7 @@ def test_flow_from_video_equals_two_step_path(tmp_path, weights):
     assert side["window_start_s"] == [0.0, 0.4] and side["window_end_s"] == [0.8, 1.2]
 
 
+@pytest.mark.slow
 def test_predict_flow_on_the_fly_equals_dense_flow_frames(tmp_path):
     video = write_video(tmp_path / "clip.mp4", 5)
     assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1"]) == 0
@@ -97,6 +98,7 @@ def test_predict_flow_on_the_fly_equals_dense_flow_frames(tmp_path):
     assert diff.max() <= 2 and diff.mean() < 0.01
 
 
+@pytest.mark.slow
 def test_fps_sampling_picks_nearest_frames_and_records_seconds(tmp_path, weights):
     values = [10 * i + 20 for i in range(20)]  # frame i is flat gray 10 i + 20
     video = write_video(tmp_path / "v.avi", 20, fps=10, fourcc="MJPG", values=values)
@@ -119,6 +121,7 @@ def test_fps_sampling_picks_nearest_frames_and_records_seconds(tmp_path, weights
         assert list(ds.attrs["window_end_s"]) == [0.8, 1.2, 1.6, 2.0]
 
 
+@pytest.mark.slow
 def test_truncated_video_gives_features_for_what_decodes(tmp_path, weights, caplog):
     video = write_video(tmp_path / "t.avi", 24, fourcc="MJPG")
     data = video.read_bytes()
@@ -141,6 +144,7 @@ def test_truncated_video_gives_features_for_what_decodes(tmp_path, weights, capl
     assert r.returncode == 1 and "Traceback" not in r.stderr and "b.avi" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_flags_one_line_nothing_written(tmp_path, weights):
     video = write_video(tmp_path / "clip.mp4", 6, fps=10)
     base = ["-load_model", weights["rgb"], "--input", video]
@@ -158,6 +162,7 @@ def test_bad_flags_one_line_nothing_written(tmp_path, weights):
         assert not out.exists() or not any(out.rglob("*")), extra
 
 
+@pytest.mark.slow
 def test_dense_flow_workers_split_one_video_same_files(tmp_path):
     video = write_video(tmp_path / "clip.mp4", 12)
     assert dense_flow.split_pairs(12, 2) == [(0, 6), (6, None)]
@@ -176,6 +181,7 @@ def test_dense_flow_workers_split_one_video_same_files(tmp_path):
     assert [p.name for p in (tmp_path / "w2").iterdir()] == ["clip"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_batched_gpu_path_on_cpu_tensors():
     pairs = [synthetic_charades.synthetic_pair(40, 56, k, seed=s) for s, k in enumerate(["translation", "patch"])]
     frames = np.stack([pairs[0][0], pairs[0][1], pairs[1][1]])

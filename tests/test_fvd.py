@@ -43,6 +43,7 @@ def tf1_resize_loop(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_hw,out_hw", [((5, 7), (13, 17)), ((64, 48), (224, 224)), ((100, 90), (37, 41))])
 def test_resize_is_tf1_resize_bilinear(in_hw, out_hw):
     img = np.random.default_rng(0).integers(0, 256, (*in_hw, 3)).astype(np.float32)
@@ -130,6 +131,7 @@ def cli(*args, check_rc: int | None = None):
     return r
 
 
+@pytest.mark.slow
 def test_api_stats_file_and_protocol_check(ckpts, sets, tmp_path):
     ext = fvd.Extractor(weights=ckpts["rgb"], workers=0, progress=False)
     sa, sb = ext.statistics(sets / "a.npy"), ext.statistics(sets / "b.npy")
@@ -150,6 +152,7 @@ def test_api_stats_file_and_protocol_check(ckpts, sets, tmp_path):
         fvd.compute(loaded, other)
 
 
+@pytest.mark.slow
 def test_cli_json_save_stats_and_folder(ckpts, sets, tmp_path):
     r = cli(sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "1",
             "--save-stats", tmp_path / "a.npz", tmp_path / "b.npz", check_rc=0)
@@ -173,6 +176,7 @@ def test_cli_json_save_stats_and_folder(ckpts, sets, tmp_path):
     ("c157", "157-class"),
     ("shape", "expected an array"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line(case, expect, ckpts, sets, tmp_path):
     rng = np.random.default_rng(3)
     a, w = sets / "a.npy", ckpts["rgb"]
@@ -209,6 +213,7 @@ def test_bf16_refused_without_support(ckpts, sets, monkeypatch):
         fvd.Extractor(weights=ckpts["rgb"], precision="bf16", device="cpu")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     args = [sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "0",
             "--batch-size", "1", "--frames", "9", "--clips", "1", "--seed", "4"]

@@ -178,6 +178,7 @@ def test_same_padding(size, k, s, expected):
     assert (size + before + after - k) // s + 1 == math.ceil(size / s)  # TF 'SAME' output size
 
 
+@pytest.mark.slow
 def test_matches_the_original_code_at_224(model):
     x = clip((1, 3, 16, 224, 224))
     with torch.inference_mode():
@@ -193,6 +194,7 @@ def test_matches_the_original_code_at_224(model):
     assert torch.equal(endpoints["Logits"], logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [1, 7, 8, 9, 64])
 def test_any_length(model, t):
     x = clip((2, 3, t, 32, 32), seed=t)
@@ -212,6 +214,7 @@ def test_odd_spatial_sizes(model, h, w):
     assert out.shape == (1, 400, 1)
 
 
+@pytest.mark.slow
 def test_every_final_endpoint_builds_and_runs():
     x = clip((1, 3, 8, 32, 32))
     full_keys = set(InceptionI3d().state_dict())
@@ -233,6 +236,7 @@ def test_every_final_endpoint_builds_and_runs():
         InceptionI3d(final_endpoint="Mixed_6a")
 
 
+@pytest.mark.slow
 def test_endpoints_agree_with_partial_models(model):
     x = clip((1, 3, 9, 48, 40))
     partial = InceptionI3d(final_endpoint="Mixed_4c")
@@ -256,6 +260,7 @@ def test_dropout_keep_prob_is_a_keep_probability():
             InceptionI3d(dropout_keep_prob=bad)
 
 
+@pytest.mark.slow
 def test_spatial_squeeze_false(model):
     m = InceptionI3d(spatial_squeeze=False)
     m.load_state_dict(model.state_dict())
@@ -266,6 +271,7 @@ def test_spatial_squeeze_false(model):
         torch.testing.assert_close(out[:, :, :, 0, 0], model(x))
 
 
+@pytest.mark.slow
 def test_replace_logits(model):
     m = InceptionI3d()
     m.load_state_dict(model.state_dict())
@@ -281,6 +287,7 @@ def test_replace_logits(model):
 
 # ---- fast inference -------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 3, 16, 112, 112), (1, 3, 9, 113, 97), (1, 3, 1, 40, 40)])
 def test_for_inference_fp32_equals_the_plain_model(model, shape):
     x = clip(shape)
@@ -296,6 +303,7 @@ def test_for_inference_fp32_equals_the_plain_model(model, shape):
     assert ref_feats.abs().mean() > 0.1
 
 
+@pytest.mark.slow
 def test_for_inference_partial_endpoints_and_options(model):
     x = clip((1, 3, 16, 64, 72))
     for name in ("Conv3d_1a_7x7", "MaxPool3d_3a_3x3", "Mixed_4c", "MaxPool3d_5a_2x2", "Predictions"):
@@ -314,6 +322,7 @@ def test_for_inference_partial_endpoints_and_options(model):
     assert out.shape == ref.shape == (1, 400, 1, 1, 1) and rel_err(out, ref) < 1e-4
 
 
+@pytest.mark.slow
 def test_for_inference_leaves_the_model_alone_and_takes_any_input(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -375,6 +384,7 @@ def test_bf16_keeps_predictions_with_real_weights(rgb_scratch_weights, sample_vi
     assert rel_err(m.for_inference("fp32")(x), ref) < 1e-4
 
 
+@pytest.mark.slow
 def test_fp16_runs_and_keeps_the_output_close(model):
     # fp16 is for CUDA; on CPU it only has to be right (it is slow there).
     x = clip((1, 3, 8, 32, 32))
@@ -422,6 +432,7 @@ def test_bad_precision_raises_value_error():
 
 # ---- benchmark.py ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_benchmark_model_section_rows(capsys):
     import json
 

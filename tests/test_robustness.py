@@ -492,6 +492,7 @@ def test_distributed_environment_one_line_from_the_script(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "RANK=3 WORLD_SIZE=2" in r.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_weights_refused_at_load(tmp_path):
     state = InceptionI3d(num_classes=10).state_dict()
     key = "Mixed_4b.b1a.conv3d.weight"

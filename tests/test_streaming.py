@@ -74,6 +74,7 @@ def endpoints(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
 LENGTHS = list(range(1, 41)) + [47, 64, 97, 130, 173, 301]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_pooled_every_length(models, kind):
     """head 'pooled' == model.extract_features(whole video), chunk sizes cycled over lengths."""
@@ -88,6 +89,7 @@ def test_pooled_every_length(models, kind):
         assert_close(run_stream(model, split(x, chunk, rng), t), ref, f"{kind} T={t} chunk={chunk}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_logits(models, kind):
     """head 'logits' == model.forward (final_endpoint Logits): (B, classes, T')."""
@@ -101,6 +103,7 @@ def test_logits(models, kind):
         assert_close(out, ref, f"{kind} logits T={t}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_every_endpoint(models, kind):
     """head 'none': every convolutional endpoint's raw map; 'pooled' at an earlier endpoint."""
@@ -115,6 +118,7 @@ def test_every_endpoint(models, kind):
         assert_close(out, final_avg_pool(ref["Mixed_4f"]), f"{kind} pooled Mixed_4f T={t}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_batch_and_frame_size(models, kind):
     """B = 2 at 40x48 (odd SAME padding in space): each push returns only completed steps."""
@@ -188,6 +192,7 @@ def test_every_length_1_to_301(models):
         assert_close(run_stream(model, list(x.split(chunk, dim=2)), t), ref, f"T={t} chunk={chunk}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [8, 512])
 def test_every_endpoint_chunk_sizes(models, chunk):
     """Every endpoint of the fast model, raw map and pooled, at the smallest and largest chunk."""

@@ -105,6 +105,7 @@ def full_run(tiny, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_writes_checkpoints_and_log(full_run):
     d = full_run
     for step in (2, 4, 6):
@@ -121,6 +122,7 @@ def test_uninterrupted_run_writes_checkpoints_and_log(full_run):
     assert state["epoch"] * 3 + state["batches"] == 12
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(tiny, full_run, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "2")
     ckpt = tmp_path / "m_last.ckpt"
@@ -142,6 +144,7 @@ def test_resume_after_sigkill_gives_identical_weights(tiny, full_run, tmp_path):
     assert (tmp_path / "m_000006.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_a_step_with_a_checkpoint(tiny, full_run, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "6", "--save-every", "100")
     proc = signal_when_file_appears(args, tmp_path / "m_log.csv", signal.SIGTERM)
@@ -156,6 +159,7 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint(tiny, full_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny, tmp_path):
     args = tiny_args(tiny, tmp_path / "d_", "--max-steps", "2", "--save-every", "1", "--accum", "1")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -182,6 +186,7 @@ def assert_one_line_error(r, *words):
         assert w in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_invalid_split_file(tiny, tmp_path):
     bad = tmp_path / "charades.json"
     bad.write_text("{not json")
@@ -190,6 +195,7 @@ def test_invalid_split_file(tiny, tmp_path):
     assert_one_line_error(run_script(args), "charades.json")
 
 
+@pytest.mark.slow
 def test_root_without_the_videos(tiny, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "1")
     (tmp_path / "empty").mkdir()
@@ -197,6 +203,7 @@ def test_root_without_the_videos(tiny, tmp_path):
     assert_one_line_error(run_script(args), "empty")
 
 
+@pytest.mark.slow
 def test_flow_weights_for_rgb_mode(tiny, tmp_path):
     flow = tmp_path / "flow.pt"
     torch.save(InceptionI3d(num_classes=4, in_channels=2).state_dict(), flow)
@@ -205,6 +212,7 @@ def test_flow_weights_for_rgb_mode(tiny, tmp_path):
     assert_one_line_error(run_script(args), "flow weights")
 
 
+@pytest.mark.slow
 def test_resume_with_another_configuration(tiny, full_run, tmp_path):
     args = tiny_args(tiny, tmp_path / "m_", "--max-steps", "8", "--accum", "3",
                      "--resume", str(full_run / "m_last.ckpt"))
@@ -213,6 +221,7 @@ def test_resume_with_another_configuration(tiny, full_run, tmp_path):
     assert_one_line_error(run_script(tiny_args(tiny, full_run / "m_", "--max-steps", "8")), "--resume")
 
 
+@pytest.mark.slow
 def test_flow_mode_trains(tiny, tmp_path):
     out, _ = tiny
     args = tiny_args(tiny, tmp_path / "f_", "--max-steps", "1", "--accum", "1")
@@ -223,6 +232,7 @@ def test_flow_mode_trains(tiny, tmp_path):
     assert weights.load_model(tmp_path / "f_000001.pt", mode="flow").in_channels == 2
 
 
+@pytest.mark.slow
 def test_keep_last_removes_older_step_files(tiny, tmp_path):
     args = tiny_args(tiny, tmp_path / "k_", "--max-steps", "3", "--accum", "1", "--save-every", "1", "--keep-last", "2")
     (tmp_path / "k_other000001.pt").write_bytes(b"not ours")  # another prefix: left alone
@@ -230,6 +240,7 @@ def test_keep_last_removes_older_step_files(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("k_*.pt")) == ["k_000002.pt", "k_000003.pt", "k_other000001.pt"]
 
 
+@pytest.mark.slow
 def test_benchmark_rows():
     class A:
         device, train_frames, size, repeat, train_batch = "cpu", 8, 64, 1, 1

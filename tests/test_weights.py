@@ -138,6 +138,7 @@ def test_tf_converter_gives_identical_state_dict(deepmind_server, rgb_scratch_we
     assert_same_state(load(out), load(rgb_scratch_weights))
 
 
+@pytest.mark.slow
 def test_numpy_crc_fallback_checks_the_real_shard(deepmind_server, monkeypatch):
     monkeypatch.setattr(tf_checkpoint, "_google_crc32c", None)  # as on a machine without google-crc32c
     tensors = tf_checkpoint.read_tf_checkpoint(deepmind_server / "rgb_scratch" / "model.ckpt.index")
@@ -197,6 +198,7 @@ def test_download_good_file_url(deepmind_server, rgb_scratch_weights, tmp_path):
     assert sorted(p.name for p in models.iterdir()) == ["rgb_scratch.pt"]
 
 
+@pytest.mark.slow
 def test_download_corrupt_file_leaves_nothing(deepmind_server, tmp_path):
     served = tmp_path / "served" / "rgb_scratch"
     served.mkdir(parents=True)
@@ -252,6 +254,7 @@ def test_pytorch_i3d_source(rgb_scratch_weights, tmp_path, monkeypatch):
 
 # ---- CLI, unpickler, loader, hub --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_list(tmp_path):
     (tmp_path / "flow_scratch.pt").write_bytes(b"")
     r = run_cli("--list", "--models-dir", str(tmp_path))
@@ -263,6 +266,7 @@ def test_cli_list(tmp_path):
     assert rows["rgb_scratch_kin600"][2] == "600" and rows["flow_charades"][2:4] == ["157", "2"]
 
 
+@pytest.mark.slow
 def test_cli_unknown_name(tmp_path):
     r = run_cli("rgb_nonsense", "--models-dir", str(tmp_path))
     assert r.returncode == 2 and "unknown weights 'rgb_nonsense'" in r.stderr and "Traceback" not in r.stderr
@@ -282,6 +286,7 @@ def test_restricted_unpickler():
         tf_checkpoint.load_numpy_pickle(pickle.dumps(pickle.Unpickler))
 
 
+@pytest.mark.slow
 def test_load_model_refuses_flow_weights_for_rgb(tmp_path):
     path = tmp_path / "flow.pt"
     torch.save(InceptionI3d(num_classes=400, in_channels=2).state_dict(), path)
