@@ -47,7 +47,8 @@ import numpy as np
 import atomic_io
 from charades_dataset import add_data_args
 from charades_metrics import LOCALIZE_POINTS, evaluate
-from cli import add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device, setup_logging
+from cli import (add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
+                 select_device, setup_logging)
 from pytorch_i3d import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -136,4 +137,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # streamed chunks reuse freed memory (see cli.keep_freed_memory)
     run_main(main)

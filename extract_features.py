@@ -55,8 +55,8 @@ import frame_io
 import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
                                    iter_pieces)
-from cli import (UserError, add_allow_gaps, apply_allow_gaps, nonneg_int, positive_int, run_main, select_device,
-                 setup_logging, size_or_zero)
+from cli import (UserError, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
+                 select_device, setup_logging, size_or_zero)
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from pytorch_i3d import PRECISIONS
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         model = weights.load_model(weights.resolve_weights(weights_name), mode=mode,
                                    final_endpoint=args.endpoint, device=device)
         models[mode] = model.for_inference(precision=args.precision, device=device)
+        del model  # the plain copy is not used again
     failures: list[tuple[str, str]] = []
     for mode, _ in modes:
         out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
@@ -378,4 +379,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # streamed chunks reuse freed memory (see cli.keep_freed_memory)
     run_main(main)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import UserError, run_main, select_device, setup_logging
+from cli import UserError, keep_freed_memory, run_main, select_device, setup_logging
 from atomic_io import atomic_write
 from frame_io import IMAGE_EXTS, FrameError, is_video_file, iter_frames, list_frame_files, read_frames
 from pytorch_i3d import check_precision
@@ -554,4 +554,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # streamed chunks reuse freed memory (see cli.keep_freed_memory)
     run_main(main)

@@ -25,7 +25,8 @@ import torch
 
 import frame_io
 import weights as weights_mod
-from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
+from cli import (UserError, keep_freed_memory, positive_int, run_main, select_device, setup_logging,
+                 size_or_zero)
 from pytorch_i3d import PRECISIONS
 from streaming import stream_logits
 from tvl1 import iter_video_flow
@@ -174,4 +175,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # streamed chunks reuse freed memory (see cli.keep_freed_memory)
     run_main(main)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from pytorch_i3d import (InceptionModule, MaxPool3dSamePadding, Unit3D, _conv3d, _FastInception, _FastMaxPool,
                          _FastUnit, _triple, same_padding, separable_max3)
+from winograd import TILE as WINOGRAD_TILE
 
 # _FastInception's branch-3 pool is the function _max_pool_3x3x3 (no layer object): kernel 3,
 # stride 1 in time, as the InceptionModule.b3a it replaces.
@@ -88,11 +89,13 @@ class TemporalStream:
     """A temporal conv / pool of kernel k and stride s over an input of n_in frames (whole video)
     padded by (pf, pb) zero frames. `op` runs the layer on a slice of the padded timeline with
     no temporal padding (its spatial padding as the layer does it). Output j reads padded frames
-    j*s .. j*s+k-1; the buffer holds the padded frames from `start` on that are still needed."""
+    j*s .. j*s+k-1; the buffer holds the padded frames from `start` on that are still needed.
+    Outputs are computed in multiples of `granule` until the last call (a Winograd layer's tile:
+    its tiles then fall where a whole-video forward puts them, so the rounding is the same)."""
 
     def __init__(self, op: Callable[[torch.Tensor], torch.Tensor], k: int, s: int, n_in: int,
-                 pads: tuple[int, int] | None = None, channels_last: bool = False):
-        self.op, self.k, self.s, self.n_in = op, k, s, n_in
+                 pads: tuple[int, int] | None = None, channels_last: bool = False, granule: int = 1):
+        self.op, self.k, self.s, self.n_in, self.granule = op, k, s, n_in, granule
         self.pf, self.pb = same_padding(n_in, k, s) if pads is None else pads
         self.n_out = (n_in + self.pf + self.pb - k) // s + 1
         if self.n_out < 1:
@@ -130,6 +133,8 @@ class TemporalStream:
         avail = self.start + data.shape[2]  # padded frames received so far
         j, k, s = self.done, self.k, self.s
         m = min(self.n_out - j, (avail - k - j * s) // s + 1) if avail >= j * s + k else 0
+        if m < self.n_out - j:
+            m -= m % self.granule
         out = None
         if m > 0:
             lo, hi = j * s - self.start, (j + m - 1) * s + k - self.start
@@ -242,7 +247,9 @@ def _plain_pool_op(pool: MaxPool3dSamePadding) -> Callable[[torch.Tensor], torch
 
 def _fast_unit_op(unit: _FastUnit) -> Callable[[torch.Tensor], torch.Tensor]:
     def op(x: torch.Tensor) -> torch.Tensor:
-        if unit._padding is not None:  # symmetric: pad H, W inside the conv, as the layer does
+        if (y := unit.winograd_conv(x, (0, 0))) is not None:
+            x = y
+        elif unit._padding is not None:  # symmetric: pad H, W inside the conv, as the layer does
             x = _conv3d(x, unit.conv, (0, unit._padding[1], unit._padding[2]))
         else:
             x = _conv3d(_spatial_pad(x, unit._kernel, unit._stride), unit.conv, (0, 0, 0))
@@ -275,10 +282,10 @@ def _fast_block_pool(x: torch.Tensor) -> torch.Tensor:
     return separable_max3(out, (4, 3))
 
 
-def _unit_stage(op, module_fn, k: int, s: int, n: int, cl: bool):
+def _unit_stage(op, module_fn, k: int, s: int, n: int, cl: bool, granule: int = 1):
     if k == 1 and s == 1:
         return Pointwise(module_fn)
-    return TemporalStream(op, k, s, n, channels_last=cl)
+    return TemporalStream(op, k, s, n, channels_last=cl, granule=granule)
 
 
 def layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object, int]:
@@ -289,7 +296,7 @@ def layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object, 
         stage = _unit_stage(_plain_unit_op(m), m, k, s, n, cl)
     elif isinstance(m, _FastUnit):
         k, s = m._kernel[0], m._stride[0]
-        stage = _unit_stage(_fast_unit_op(m), m, k, s, n, cl)
+        stage = _unit_stage(_fast_unit_op(m), m, k, s, n, cl, 1 if m.winograd is None else WINOGRAD_TILE)
     elif isinstance(m, MaxPool3dSamePadding):
         k, s = _triple(m.kernel_size)[0], _triple(m.stride)[0]
         stage = _unit_stage(_plain_pool_op(m), m, k, s, n, cl)
