@@ -396,12 +396,7 @@ class _FastUnit(nn.Module):
         if isinstance(self.winograd, PolyphaseWinograd):
             pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[3:], self._kernel[1:], self._stride[1:])]
             return self.winograd(x, pad_t, *pads)
-        if any(pad_t):
-            zeros = [x.new_zeros((x.shape[0], x.shape[1], p, *x.shape[3:])) for p in pad_t]
-            x = torch.cat([zeros[0], x, zeros[1]], dim=2, out=torch.empty(
-                (x.shape[0], x.shape[1], x.shape[2] + sum(pad_t), *x.shape[3:]), dtype=x.dtype,
-                memory_format=torch.channels_last_3d))
-        return self.winograd(x)
+        return self.winograd(x, pad_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.winograd_conv(x, same_padding(x.shape[2], self._kernel[0], self._stride[0]))

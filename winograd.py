@@ -108,7 +108,15 @@ class TemporalWinograd:
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, (1, 1, 1), 1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pad_t: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """The conv of x with pad_t (before, after) zero frames in time."""
+        if any(pad_t):
+            padded = torch.empty((x.shape[0], x.shape[1], x.shape[2] + sum(pad_t), *x.shape[3:]), dtype=x.dtype,
+                                 memory_format=_CL)
+            padded.narrow(2, 0, pad_t[0]).zero_()
+            padded.narrow(2, pad_t[0] + x.shape[2], pad_t[1]).zero_()
+            padded.narrow(2, pad_t[0], x.shape[2]).copy_(x)
+            x = padded
         n, length = x.shape[0], x.shape[2]
         n_out = length - self.taps + 1
         tiles = n_out // TILE

@@ -399,7 +399,7 @@ def test_peak_memory_bounded(tmp_path, weights_file):
     rss_short = _peak_rss_kib(short, weights_file, tmp_path / "o1")
     rss_long = _peak_rss_kib(long, weights_file, tmp_path / "o2")
     assert np.load(tmp_path / "o2" / "long.npy").shape == (249, 1, 1, 1024)
-    assert rss_long <= 1.25 * rss_short, (rss_short, rss_long)
+    assert rss_long <= 1.15 * rss_short, (rss_short, rss_long)  # the issue: within 15 %
 
 
 @pytest.mark.slow

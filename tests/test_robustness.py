@@ -1,14 +1,12 @@
 """Nothing lost, nothing silent: full disks (real tmpfs mounts and patched writes), concurrent
 writers, kills between two writes, stale temporaries, gaps in numbered frames, nonsense flags
 and distributed environments, non-finite weights."""
-import contextlib
 import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
