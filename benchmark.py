@@ -298,13 +298,15 @@ def make_jpeg_video(root: Path, vid: str, n: int, h: int = 256, w: int = 340) ->
 def original_extract(root: str, vid: str, weights: str, out: str) -> None:
     """The original pytorch-i3d extract_features.py on one video, as a process of its own: its
     loader (cv2.imread, BGR->RGB, upscale only under 226, float64 (img/255)*2-1 -> float32),
-    CenterCrop(224), eager InceptionI3d(400) + replace_logits(157) + load_state_dict,
+    CenterCrop(224), eager InceptionI3d(400) (+ replace_logits(157) for Charades weights) + load_state_dict,
     extract_features on the whole video, np.save of (T', 1, 1, 1024)."""
     frames = _original_style_load(Path(root), vid, 1, frame_io.count_charades_frames(root, vid))
     x = torch.from_numpy(videotransforms.CenterCrop(224)(frames).transpose([3, 0, 1, 2]))
+    state = torch.load(weights, weights_only=True)
     model = InceptionI3d(400, in_channels=3)
-    model.replace_logits(157)
-    model.load_state_dict(torch.load(weights, weights_only=True))
+    if state["logits.conv3d.weight"].shape[0] != 400:  # Charades weights, as the original script
+        model.replace_logits(state["logits.conv3d.weight"].shape[0])
+    model.load_state_dict(state)
     with torch.no_grad():
         features = model.eval().extract_features(x[None])
     np.save(out, features.squeeze(0).permute(1, 2, 3, 0).numpy())
