@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from winograd import PolyphaseWinograd, TemporalWinograd, suits
+from winograd import SUPPORTED_TAPS, PolyphaseWinograd, TemporalWinograd, suits
 
 # The 18 endpoints of DeepMind's model, in order.
 VALID_ENDPOINTS = (
@@ -265,9 +265,9 @@ class InceptionI3d(nn.Module):
 # drops channels-last); 'SAME' padding is done inside the conv / pool instead of padded copies
 # wherever it is symmetric (all but the stem); the blocks' 3x3x3 max pool is separable. The
 # convolutions then run near the CPU's peak (~80% of the fp32 time), and bf16 halves their cost
-# again on CPUs with native bf16. In fp32 on CPU the 3x3x3 convolutions use temporal Winograd
-# F(4, 3) (winograd.py: half the multiplications). Measured: fp32 ~1.9x (before Winograd) and
-# bf16 ~3.5x the plain module. Tried
+# again on CPUs with native bf16. In fp32 on CPU the 3x3x3 convolutions and the stem use
+# temporal Winograd (winograd.py: about half the multiplications). Measured: fp32 ~1.9x before
+# Winograd, 2.1-2.6x with it, and bf16 ~3.5x the plain module. Tried
 # and not kept: torch.compile (~20 s to compile, cannot trace the direct oneDNN call), the
 # stem's temporal taps unfolded into channels (no gain), and a padded-copy-free stem (no gain).
 
@@ -383,9 +383,9 @@ class _FastUnit(nn.Module):
         """Use temporal Winograd (winograd.py) where it applies: the 3x3x3 stride-1 convs and the
         7x7x7 stride-2 stem. Called once the weights are float32 on the CPU."""
         (k, *_), (s, *spatial_stride) = self._kernel, self._stride
-        if self._padding is not None and k == 3 and s == 1:
+        if self._padding is not None and k in SUPPORTED_TAPS and s == 1:
             self.winograd = TemporalWinograd(self.conv.weight, self.conv.bias, self._padding[1:])
-        elif s == 2 and (k + 1) // 2 in (3, 4) and all(st > 1 for st in spatial_stride):
+        elif s == 2 and (k + 1) // 2 in SUPPORTED_TAPS and all(st > 1 for st in spatial_stride):
             self.winograd = PolyphaseWinograd(self.conv.weight, self.conv.bias, tuple(spatial_stride))
 
     def winograd_conv(self, x: torch.Tensor, pad_t: tuple[int, int]) -> torch.Tensor | None:

@@ -12,11 +12,11 @@ frame pairs first (even and odd frames stacked as channels: polyphase), then F(4
 
 On a 2-core AVX2 CPU the 3x3x3 layers run 1.4-1.9x and the stem ~1.4x faster. The result equals
 the direct convolution to float rounding: about 2e-6 (3x3x3) and 3e-6 (stem) of the output's
-scale per layer, against ~1e-7 direct; the I3D features of a real video move by under 1e-6 of
-their scale. Tiles start at output frame 0 of every call; a caller that wants the same rounding
-whatever the chunking (streaming.py) asks for outputs in multiples of TILE. Used only for float32
-on the CPU: in bf16/fp16 the transforms' constants would cost accuracy, and cuDNN picks its own
-algorithms.
+scale per layer, against ~1e-7 direct; with the real rgb_scratch weights on bikes.mp4 the I3D
+features and logits move by under 3e-6 of their scale. Tiles start at output frame 0 of every
+call; a caller that wants the same rounding whatever the chunking (streaming.py) asks for
+outputs in multiples of TILE. Used only for float32 on the CPU: in bf16/fp16 the transforms'
+constants would cost accuracy, and cuDNN picks its own algorithms.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ _POINTS = {3: (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(
 # same path in a whole-video forward as in every streamed chunk.
 MIN_PIXELS = 100
 _CL = torch.channels_last_3d
+SUPPORTED_TAPS = tuple(_POINTS)  # temporal taps TemporalWinograd takes
 
 
 def _monic(roots: list[Fraction]) -> list[Fraction]:
@@ -65,9 +66,9 @@ def transforms(taps: int, tile: int = TILE) -> tuple[list, list, list]:
     return bt, g, at
 
 
-def _mix(out: torch.Tensor, coefficients: list[Fraction], terms: list[torch.Tensor]) -> torch.Tensor:
+def _mix(out: torch.Tensor, coefficients: list[float], terms: list[torch.Tensor]) -> torch.Tensor:
     """out = sum of c * t over the nonzero coefficients (a coefficient-1 term first: one op less)."""
-    pairs = sorted(((float(c), t) for c, t in zip(coefficients, terms) if c), key=lambda p: p[0] != 1)
+    pairs = sorted(((c, t) for c, t in zip(coefficients, terms) if c), key=lambda p: p[0] != 1)
     (c0, t0), rest = pairs[0], pairs[1:]
     if not rest:
         return out.copy_(t0) if c0 == 1 else torch.mul(t0, c0, out=out)
@@ -93,7 +94,9 @@ class TemporalWinograd:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spatial_padding: tuple[int, int],
                  spatial_stride: tuple[int, int] = (1, 1)):
         self.taps = weight.shape[2]
-        self.bt, g, self.at = transforms(self.taps)
+        bt, g, at = transforms(self.taps)
+        self.bt = [[float(c) for c in row] for row in bt]
+        self.at = [[float(c) for c in row] for row in at]
         self.span = TILE + self.taps - 1
         self.bias_row = 1  # AT[:, 1] is all ones: a bias on U_1 * V_1 reaches every output once
         w = weight.detach().to(device="cpu", dtype=torch.float64)
@@ -128,12 +131,13 @@ class TemporalWinograd:
         # One product U_j * V_j alive at a time, added into every output frame it feeds (the
         # bias row first: it starts every output frame).
         for j in (self.bias_row, *(j for j in range(self.span) if j != self.bias_row)):
-            product = self._conv(_mix(u, self.bt[j], frames), self.weights[j], self.bias if j == self.bias_row else None)
+            bias = self.bias if j == self.bias_row else None
+            product = self._conv(_mix(u, self.bt[j], frames), self.weights[j], bias)
             if y is None:
                 y = torch.empty((n, product.shape[1], n_out, *product.shape[3:]), dtype=x.dtype, memory_format=_CL)
                 rows = [y.narrow(2, r, TILE * (tiles - 1) + 1)[:, :, ::TILE] for r in range(TILE)]
             for r in range(TILE):
-                c = float(self.at[r][j])
+                c = self.at[r][j]
                 if c and started[r]:
                     rows[r].add_(product, alpha=c)
                 elif c:
