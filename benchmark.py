@@ -133,7 +133,8 @@ def benchmark_model(args: argparse.Namespace) -> list[dict]:
             if name != baseline:
                 out = getattr(fast[name.rsplit(' ', 1)[1]], method)(clip).float()
                 cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
-                note += f", cosine {cos:.6f}"
+                rel = ((out - ref).abs().max() / ref.abs().max()).item()
+                note += f", cosine {cos:.6f}, max rel diff {rel:.1e}"
                 if method == "forward":
                     same = torch.equal(out.mean(2).argmax(1), ref.mean(2).argmax(1))
                     note += f", top-1 {'same' if same else 'DIFFERS'}"

@@ -292,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads for the network (default: OMP_NUM_THREADS if set, else on CPU the cores "
                         "not taken by decode worker processes, at least 1)")
     p.add_argument("--chunk-frames", type=positive_int, default=CHUNK_FRAMES,
-                   help="frames per engine step (bounds memory; does not change the result)")
+                   help="frames per engine step (default %(default)s; bounds memory; does not change the result)")
     p.add_argument("--batch-windows", type=positive_int, default=4,
                    help="--stack windows per forward pass, taken across videos")
     add_allow_gaps(p)

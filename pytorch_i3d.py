@@ -267,7 +267,7 @@ class InceptionI3d(nn.Module):
 # convolutions then run near the CPU's peak (~80% of the fp32 time), and bf16 halves their cost
 # again on CPUs with native bf16. In fp32 on CPU the 3x3x3 convolutions and the stem use
 # temporal Winograd (winograd.py: about half the multiplications). Measured: fp32 ~1.9x before
-# Winograd, 2.1-2.6x with it, and bf16 ~3.5x the plain module. Tried
+# Winograd, 2.4x with it, and bf16 ~3.5x the plain module. Tried
 # and not kept: torch.compile (~20 s to compile, cannot trace the direct oneDNN call), the
 # stem's temporal taps unfolded into channels (no gain), and a padded-copy-free stem (no gain).
 
