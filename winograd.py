@@ -25,8 +25,8 @@ from fractions import Fraction
 import torch
 
 TILE = 4  # output frames per Winograd tile
-# Interpolation points (and infinity) per number of taps. For 3 taps, mixing 1/2 and -2 halves
-# the fp32 error of the textbook 0, +-1, +-2 (about 8e-7 against 1.5e-6 of the output's scale).
+# Interpolation points (and infinity) per number of taps. For 3 taps, 1/2 and -2 in place of the
+# textbook 0, +-1, +-2 keep the constants smaller, so the fp32 rounding error is lower.
 _POINTS = {3: (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2)),
            4: (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2), Fraction(2))}
 # Frames smaller than this (pixels) go direct: there the extra calls cost more than they save
