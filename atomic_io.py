@@ -25,12 +25,9 @@ from typing import Iterator
 
 import numpy as np
 
+from errors import DiskFullError
+
 log = logging.getLogger(__name__)
-
-
-class DiskFullError(Exception):
-    """A write that did not fit: the message names the path and the free space. Stops the whole
-    job (every later write would fail too); cli.run_main reports it as one line."""
 
 
 def _free_space(path: Path) -> str:

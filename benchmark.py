@@ -42,7 +42,9 @@ import frame_io
 import fvd
 import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
-from cli import UserError, run_main, select_device, setup_logging
+from errors import FrameError, UserError
+from runtime import select_device
+from cli import run_main, setup_logging
 from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
@@ -377,7 +379,7 @@ def benchmark_pairs(size: tuple[int, int] = (340, 256), pairs: int = 8,
                 frames.append(cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY))
                 if len(frames) == pairs + 1:
                     break
-        except frame_io.FrameError as e:
+        except FrameError as e:
             log.warning("%s; using synthetic pairs", e)
         if len(frames) == pairs + 1:
             return np.stack(frames), None, f"real: {Path(video).name}, {pairs} consecutive pairs"

@@ -10,7 +10,6 @@ VID-000001x.jpg / y.jpg), kept uint8 until the last step, then scaled to [-1, 1]
 """
 from __future__ import annotations
 
-import argparse
 
 import csv
 import json
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 import frame_io
-from cli import UserError, positive_int, positive_size, size_or_zero
+from errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -177,17 +176,6 @@ def make_dataset(annotations: dict[str, VideoAnnotation], subset: str, root: str
     return items
 
 
-def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None:
-    """The data flags that training and evaluation share, with the same defaults, so a run is
-    evaluated with the very flags it was trained with (training's crop cannot be 0)."""
-    p.add_argument("--clip-frames", type=positive_int, default=64,
-                   help="frames per training clip; evaluation runs whole videos and pads one shorter than "
-                        "this with its last frame, as training does")
-    p.add_argument("--crop", type=size_or_zero if crop_zero_ok else positive_size, default=224,
-                   help="crop size: random in training, center in evaluation (0 there: the whole frame)")
-    p.add_argument("--resize", type=size_or_zero, default=None,
-                   help="smaller side of the frames before cropping (0 keeps; default: the original's "
-                        "upscale-if-under-226)")
 
 
 def load_clip(root: str | Path, item: VideoItem, start: int, clip_frames: int, mode: str,

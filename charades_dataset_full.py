@@ -27,7 +27,7 @@ import atomic_io
 import frame_io
 import tvl1
 from charades_dataset import read_annotations
-from cli import UserError
+from errors import FrameError, UserError
 
 PIECE_FRAMES = 64  # frames per item: big enough to amortise IPC, small enough to stay bounded
 
@@ -89,13 +89,13 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
     video file is TV-L1 computed on the fly (`flow`). Raises FrameError for a missing or
     unreadable source."""
     if fps and src.layout != "file":
-        raise frame_io.FrameError(f"{src.path}: --fps needs a video file (frame folders have no timestamps)")
+        raise FrameError(f"{src.path}: --fps needs a video file (frame folders have no timestamps)")
     if src.layout == "file":
         total, src_fps, _, _ = frame_io.video_info(src.path)
         if total <= 0:  # no count in the container (some webm, gif): count the frames first
             total = frame_io.count_video_frames(src.path)
         if fps and src_fps and fps > src_fps + 1e-6:
-            raise frame_io.FrameError(f"{src.path}: --fps {fps:g} is above the video's {src_fps:g} fps")
+            raise FrameError(f"{src.path}: --fps {fps:g} is above the video's {src_fps:g} fps")
         total = sampled_count(total, src_fps, fps)
         if mode == "flow":
             frames = _video_flow(src, flow or FlowOptions(), fps)
@@ -110,7 +110,7 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
     if src.layout == "charades":
         total = frame_io.count_charades_frames(src.path, src.vid, mode)
         if total == 0:
-            raise frame_io.FrameError(f"{Path(src.path) / src.vid}: no frames "
+            raise FrameError(f"{Path(src.path) / src.vid}: no frames "
                                       f"({frame_io.charades_frame_name(src.vid, 1, 'x' if mode == 'flow' else '')} missing)")
 
         def gen() -> Iterator[np.ndarray]:
@@ -122,13 +122,13 @@ def open_video(src: VideoSource, mode: str, resize: int | None = None,
         frames, fps = gen(), math.nan
     elif mode == "flow":
         if src.layout != "folder":
-            raise frame_io.FrameError(f"{src.path}: flow mode needs a video file or a folder of x/y flow JPEGs")
+            raise FrameError(f"{src.path}: flow mode needs a video file or a folder of x/y flow JPEGs")
         total, frames = frame_io.flow_folder_frames(src.path)
         frames, fps = (frame_io.resize_for_mode(f, resize, mode) for f in frames), math.nan
     else:  # a folder of frame images
         files = frame_io.list_frame_files(src.path)
         if not files:
-            raise frame_io.FrameError(f"{src.path}: no frame images in folder")
+            raise FrameError(f"{src.path}: no frame images in folder")
         total, fps = len(files), math.nan
         frames = (frame_io.resize_for_mode(f, resize, mode) for f in frame_io.iter_frames(src.path))
     if crop:
@@ -158,10 +158,10 @@ def iter_pieces(src: VideoSource, mode: str, resize: int | None, crop: int,
         tail = torch.from_numpy(np.stack(buf)) if buf else base["frames"]
         count += len(buf)
         if count == 0:
-            raise frame_io.FrameError(f"{src.path}: no frames decoded")
+            raise FrameError(f"{src.path}: no frames decoded")
         yield {**base, "start": count - len(buf), "frames": tail, "last": True, "count": count}
     except Exception as e:  # one bad video must not stop the others: report it as an item
-        msg = str(e) if isinstance(e, frame_io.FrameError) else f"{src.key}: {e.__class__.__name__}: {e}"
+        msg = str(e) if isinstance(e, FrameError) else f"{src.key}: {e.__class__.__name__}: {e}"
         yield {**base, "last": True, "count": count, "error": msg}
 
 

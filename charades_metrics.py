@@ -20,7 +20,7 @@ import frame_io
 import weights
 from charades_dataset import VideoAnnotation, find_videos, read_annotations
 from charades_dataset_full import VideoSource, open_video
-from cli import UserError
+from errors import FrameError, UserError
 from frame_io import MODE_CHANNELS
 from streaming import inference_model, stream_logits
 
@@ -293,7 +293,7 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
                                           min_frames=clip_frames)
                         for (mo, r, m), n in zip(streams, counts)]
             except Exception as e:  # one unreadable video must not stop the evaluation
-                msg = str(e) if isinstance(e, frame_io.FrameError) else f"{e.__class__.__name__}: {e}"
+                msg = str(e) if isinstance(e, FrameError) else f"{e.__class__.__name__}: {e}"
                 log.error("%s: %s", vid, msg)
                 failed.append([vid, msg])
                 continue

@@ -10,15 +10,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from atomic_io import DiskFullError, disk_full, is_disk_full
-from frame_io import ALLOW_GAPS_ENV, FrameError
+from errors import DiskFullError, FrameError, UserError
+from atomic_io import disk_full, is_disk_full
+from frame_io import ALLOW_GAPS_ENV
 
 if TYPE_CHECKING:
     import torch
-
-
-class UserError(Exception):
-    """Bad input or configuration: reported as one line on stderr, exit status 2."""
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -26,22 +23,6 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu; a bare number N (the original -gpu N) -> cuda:N;
-    otherwise the named device (checked)."""
-    import torch  # here, so that cli (and the torch-free tf_checkpoint reader) loads without torch
-
-    if name.isdigit():
-        name = f"cuda:{name}"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {name!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,24 +94,19 @@ def nonneg_float(text: str) -> float:
     return value
 
 
-def dist_env() -> tuple[int, int, int]:
-    """(RANK, WORLD_SIZE, LOCAL_RANK) from the environment (torchrun's), checked: integers,
-    WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0. Absent: (0, 1, 0)."""
-    values = {}
-    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-        text = os.environ.get(name, "").strip()
-        try:
-            values[name] = int(text) if text else default
-        except ValueError:
-            raise UserError(f"environment variable {name}={text!r} is not an integer") from None
-    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
-    if world < 1:
-        raise UserError(f"environment variable WORLD_SIZE={world}: must be at least 1")
-    if not 0 <= rank < world:
-        raise UserError(f"environment variables RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
-    if local < 0:
-        raise UserError(f"environment variable LOCAL_RANK={local}: must be 0 or more")
-    return rank, world, local
+
+
+def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None:
+    """The data flags that training and evaluation share, with the same defaults, so a run is
+    evaluated with the very flags it was trained with (training's crop cannot be 0)."""
+    p.add_argument("--clip-frames", type=positive_int, default=64,
+                   help="frames per training clip; evaluation runs whole videos and pads one shorter than "
+                        "this with its last frame, as training does")
+    p.add_argument("--crop", type=size_or_zero if crop_zero_ok else positive_size, default=224,
+                   help="crop size: random in training, center in evaluation (0 there: the whole frame)")
+    p.add_argument("--resize", type=size_or_zero, default=None,
+                   help="smaller side of the frames before cropping (0 keeps; default: the original's "
+                        "upscale-if-under-226)")
 
 
 def add_allow_gaps(parser: argparse.ArgumentParser) -> None:

@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError, positive_int, run_main, select_device, setup_logging, size_or_zero
-from atomic_io import (DiskFullError, atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for,
-                       write_bytes_checked)
-from frame_io import (FrameError, charades_frame_name, is_video_file, iter_frames, list_frame_files, video_info,
-                      write_image)
+from errors import DiskFullError, FrameError, UserError
+from runtime import select_device
+from cli import positive_int, run_main, setup_logging, size_or_zero
+from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
+from frame_io import charades_frame_name, is_video_file, iter_frames, list_frame_files, video_info, write_image
 from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
 
 log = logging.getLogger(__name__)

@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 
 import atomic_io
-from charades_dataset import add_data_args
 from charades_metrics import LOCALIZE_POINTS, evaluate
-from cli import (add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
-                 select_device, setup_logging)
+from runtime import select_device
+from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int,
+                 run_main, setup_logging)
 from pytorch_i3d import PRECISIONS
 
 log = logging.getLogger(__name__)

@@ -55,8 +55,10 @@ import frame_io
 import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
                                    iter_pieces)
-from cli import (UserError, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
-                 select_device, setup_logging, size_or_zero)
+from errors import DiskFullError, FrameError, UserError
+from runtime import select_device
+from cli import (add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
+                 setup_logging, size_or_zero)
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from pytorch_i3d import PRECISIONS
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
@@ -140,7 +142,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                     if i not in states:
                         states[i] = _new_state(args, model, run, mode, device, item["total"], batcher)
                     states[i].push(item["frames"].numpy())
-                except atomic_io.DiskFullError:
+                except DiskFullError:
                     raise
                 except Exception as e:  # e.g. frames smaller than the crop, out of memory
                     broken.add(i)
@@ -168,7 +170,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                     state = _new_state(args, model, run, mode, device, e.seen)
                     for piece in iter_pieces(todo[i], mode, args.resize, crop, fps=args.fps, flow=flow):
                         if piece["error"]:
-                            raise frame_io.FrameError(piece["error"])
+                            raise FrameError(piece["error"])
                         state.push(piece["frames"].numpy())
                     array = _finish(state, args.ten_crop)
                 attrs = {"fps": float(item["fps"]), "stride": int(stride), "frames": int(item["count"]),
@@ -179,7 +181,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
                 done += 1
                 frames_total += int(item["count"])
                 bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}")
-            except atomic_io.DiskFullError:
+            except DiskFullError:
                 raise  # every later video would fail too: stop the job, with one line
             except Exception as e:
                 failures.append((key, f"{key}: {e}"))
@@ -216,7 +218,7 @@ def check_rates(sources: list[VideoSource], fps: float | None) -> None:
             raise UserError(f"{src.path}: --fps needs video files (frame folders have no timestamps)")
         try:
             rate = frame_io.video_info(src.path)[1]
-        except frame_io.FrameError:
+        except FrameError:
             continue  # reported with the other failures when its turn comes
         if rate and fps > rate + 1e-6:
             raise UserError(f"--fps {fps:g} is above the {rate:g} fps of {src.path}; give at most {rate:g}")

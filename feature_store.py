@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 import atomic_io
-from cli import UserError, dist_env
+from errors import UserError
+from runtime import dist_env
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from errors import FrameError
+
 from atomic_io import write_bytes_checked
 
 cv2.setNumThreads(1)  # decoding runs in DataLoader workers / threads of our own
@@ -30,10 +32,6 @@ VIDEO_EXTS = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", 
 
 
 MODE_CHANNELS = {"rgb": 3, "flow": 2}  # channels of a frame (and of a model's input) per stream
-
-
-class FrameError(Exception):
-    """A frame or video that cannot be read; the message names the file."""
 
 
 ALLOW_GAPS_ENV = "I3D_ALLOW_GAPS"  # set by --allow-gaps (cli.apply_allow_gaps); inherited by workers

@@ -36,9 +36,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import UserError, keep_freed_memory, run_main, select_device, setup_logging
+from errors import FrameError, UserError
+from runtime import select_device
+from cli import keep_freed_memory, run_main, setup_logging
 from atomic_io import atomic_write
-from frame_io import IMAGE_EXTS, FrameError, is_video_file, iter_frames, list_frame_files, read_frames
+from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames
 from pytorch_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import weights as weights_mod
-from cli import UserError
+from errors import UserError
 from pytorch_i3d import InceptionI3d
 
 dependencies = ["torch", "numpy"]

@@ -25,8 +25,9 @@ import torch
 
 import frame_io
 import weights as weights_mod
-from cli import (UserError, keep_freed_memory, positive_int, run_main, select_device, setup_logging,
-                 size_or_zero)
+from errors import FrameError, UserError
+from runtime import select_device
+from cli import keep_freed_memory, positive_int, run_main, setup_logging, size_or_zero
 from pytorch_i3d import PRECISIONS
 from streaming import stream_logits
 from tvl1 import iter_video_flow
@@ -66,7 +67,7 @@ def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.dev
         for flow in iter_video_flow(grays, device=device):
             yield frame_io.center_crop(flow, crop)
     except ValueError as e:  # fewer than two frames
-        raise frame_io.FrameError(f"{source}: fewer than two frames, no flow") from e
+        raise FrameError(f"{source}: fewer than two frames, no flow") from e
 
 
 def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarray]], total: int | None,
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     flow = lambda: computed_flow_frames(source, args.resize, args.crop, device)  # noqa: E731
                     count = frame_count(source)
                 logits = logits + video_logits(flow_model, flow, count, device)
-        except frame_io.FrameError as e:
+        except FrameError as e:
             print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
             failures.append(source)
             continue

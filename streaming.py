@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import frame_io
-from cli import UserError
+from errors import FrameError, UserError
 from pytorch_i3d import (VALID_ENDPOINTS, FastInceptionI3d, InceptionI3d, MaxPool3dSamePadding, Unit3D, _FastMaxPool,
                          _FastUnit, _triple, squeeze_logits)
 from stream_layers import (Pointwise, TemporalStream, empty_like_time, finish_chain, layer_stage, out_channels,
@@ -265,7 +265,7 @@ class VideoStream:
             return x
         size, (h, w) = self.ten_crop, x.shape[-2:]
         if min(h, w) < size:
-            raise frame_io.FrameError(f"frames of {h}x{w} are smaller than the {size} ten-crop")
+            raise FrameError(f"frames of {h}x{w} are smaller than the {size} ten-crop")
         crops = [x[..., t:t + size, left:left + size] for t, left in ten_crop_boxes(h, w, size)]
         flipped = [c.flip(-1) for c in crops]
         if self.mode == "flow":  # mirrored motion: x displacement changes sign
@@ -352,7 +352,7 @@ def _spooled(frames: Iterable[np.ndarray]) -> tuple[int, Callable[[], Iterator[n
             if shape is None:
                 shape = f.shape
             elif f.shape != shape:
-                raise frame_io.FrameError(f"frame {count} is {f.shape[:2]}, the first was {shape[:2]}")
+                raise FrameError(f"frame {count} is {f.shape[:2]}, the first was {shape[:2]}")
             tmp.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
             count += 1
 
@@ -374,7 +374,7 @@ def _stream(model: nn.Module, frames, device, total: int | None, chunk_frames: i
     try:
         while True:
             if total < 1:
-                raise frame_io.FrameError("no frames")
+                raise FrameError("no frames")
             stream = VideoStream(model, total, device, out=out, chunk_frames=chunk_frames)
             for piece in background(_pieces(frames() if callable(frames) else frames, stream.chunk)):
                 stream.push(piece)
@@ -487,7 +487,7 @@ class WindowStacker:
         if self.error is not None:
             raise self.error
         if not self.outputs:
-            raise frame_io.FrameError(f"{self.seen} frames, shorter than one --stack of {self.stack}")
+            raise FrameError(f"{self.seen} frames, shorter than one --stack of {self.stack}")
         return torch.cat(self.outputs).transpose(0, 1)
 
 
@@ -517,7 +517,7 @@ def make_runner(model: torch.nn.Module, device: torch.device, mode: str = "rgb",
                 return features(x).float().cpu()[:, None]
             h, w = x.shape[-2:]
             if min(h, w) < ten_crop:
-                raise frame_io.FrameError(f"frames of {h}x{w} are smaller than the {ten_crop} ten-crop")
+                raise FrameError(f"frames of {h}x{w} are smaller than the {ten_crop} ten-crop")
             outs = []
             for flip in (False, True):
                 for top, lft in ten_crop_boxes(h, w, ten_crop):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError
+from errors import UserError
 
 log = logging.getLogger(__name__)
 

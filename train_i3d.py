@@ -59,9 +59,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 import videotransforms
-from charades_dataset import Charades, add_data_args
-from cli import (UserError, add_allow_gaps, apply_allow_gaps, dist_env, nonneg_float, nonneg_int, positive_float,
-                 positive_int, run_main, select_device, setup_logging)
+from charades_dataset import Charades
+from errors import UserError
+from runtime import dist_env, select_device
+from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, nonneg_float, nonneg_int, positive_float,
+                 positive_int, run_main, setup_logging)
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from atomic_io import append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
 from frame_io import MODE_CHANNELS

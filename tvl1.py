@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import UserError, select_device
+from errors import UserError
+from runtime import select_device
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError, run_main, setup_logging
+from errors import UserError
+from cli import run_main, setup_logging
 from atomic_io import atomic_write, disk_full, is_disk_full, write_bytes_checked
 from frame_io import MODE_CHANNELS
 from pytorch_i3d import InceptionI3d, Unit3D

@@ -9,7 +9,7 @@ import charades_dataset as cd
 import frame_io
 import synthetic_charades
 import videotransforms as vt
-from cli import UserError
+from errors import FrameError, UserError
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,9 @@ def test_corrupt_and_missing_frames_name_the_file(synthetic, tmp_path):
     shutil.copytree(out / "rgb" / vid, tmp_path / vid)
     bad = frame_io.charades_frame_path(tmp_path, vid, 3)
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(frame_io.FrameError, match=bad.name):
+    with pytest.raises(FrameError, match=bad.name):
         frame_io.load_charades_frames(tmp_path, vid, 1, 4)
-    with pytest.raises(frame_io.FrameError, match="missing frame"):
+    with pytest.raises(FrameError, match="missing frame"):
         frame_io.load_charades_frames(tmp_path, vid, 1000, 1)
 
 

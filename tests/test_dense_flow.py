@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dense_flow as D
-from cli import UserError
+from errors import UserError
 from frame_io import count_charades_frames, load_charades_frames, write_image
 import tvl1
 import synthetic_charades

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fvd
-from cli import UserError
+from errors import UserError
 import pytorch_i3d
 from pytorch_i3d import InceptionI3d
 

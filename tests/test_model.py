@@ -437,7 +437,7 @@ def test_benchmark_model_section_rows(capsys):
     import json
 
     import benchmark
-    from cli import UserError
+    from errors import UserError
     code = benchmark.main(["--only", "model", "--frames", "8", "--size", "32", "--repeat", "1", "--json",
                            "--random-weights"])
     assert code == 0

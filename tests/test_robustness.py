@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from runtime import dist_env
+from errors import DiskFullError, FrameError, UserError
 import cli
 import dense_flow
 import eval_i3d
@@ -119,7 +121,7 @@ def assert_disk_full_line(r: subprocess.CompletedProcess, where: Path) -> None:
 def test_short_write_and_enospc_raise(tmp_path, monkeypatch):
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: 0)  # the device takes nothing
-    with pytest.raises(atomic_io.DiskFullError, match=r"a\.jpg: disk full \(.* free\)"):
+    with pytest.raises(DiskFullError, match=r"a\.jpg: disk full \(.* free\)"):
         frame_io.write_image(tmp_path / "a.jpg", np.zeros((8, 8), np.uint8))
 
     def half_then_enospc(fd, data, calls=[]):
@@ -128,7 +130,7 @@ def test_short_write_and_enospc_raise(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, bytes(data[: len(data) // 2]))
     monkeypatch.setattr(os, "write", half_then_enospc)
-    with pytest.raises(atomic_io.DiskFullError, match="b.npy: disk full"):
+    with pytest.raises(DiskFullError, match="b.npy: disk full"):
         atomic_io.save_npy(tmp_path / "b.npy", np.ones(1000, np.float32))
     assert list(tmp_path.iterdir()) == []  # no partial image, and the atomic .npy left nothing
     monkeypatch.setattr(os, "write", real_write)
@@ -150,7 +152,7 @@ def test_append_is_all_or_nothing(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, bytes(data[:3]))
     monkeypatch.setattr(os, "write", three_bytes_then_enospc)
-    with pytest.raises(atomic_io.DiskFullError):
+    with pytest.raises(DiskFullError):
         atomic_io.append_bytes_checked(log, b"2,0.5,0.25\n")
     assert log.read_bytes() == b"step\n1\n"  # no half row
 
@@ -293,7 +295,7 @@ def test_h5_refuses_a_rebuild_that_does_not_fit(tmp_path, monkeypatch):
     store.save("A", np.ones(10, np.float32), {})
     usage = shutil.disk_usage(out)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
-    with pytest.raises(atomic_io.DiskFullError, match="features.h5: disk full"):
+    with pytest.raises(DiskFullError, match="features.h5: disk full"):
         store.close()
     assert (out / ".pending" / "A.npz").is_file() and not (out / "features.h5").exists()
 
@@ -380,12 +382,12 @@ def test_dense_flow_two_processes_same_output(tmp_path):
 def test_gap_in_charades_frames_is_an_error(tmp_path, monkeypatch, weights_file):
     root = tmp_path / "root"
     make_charades(root, "G", [*range(1, 11), *range(12, 21)])
-    with pytest.raises(frame_io.FrameError, match="G-000011.jpg: missing frame"):
+    with pytest.raises(FrameError, match="G-000011.jpg: missing frame"):
         frame_io.count_charades_frames(root, "G")
     # training and evaluation list their videos through find_videos
     split = tmp_path / "charades.json"
     split.write_text(json.dumps({"G": {"subset": "testing", "duration": 1.0, "actions": [[0, 0.0, 1.0]]}}))
-    with pytest.raises(frame_io.FrameError, match="G-000011.jpg"):
+    with pytest.raises(FrameError, match="G-000011.jpg"):
         find_videos(read_annotations([split]), "testing", root, "rgb")
     # extraction: the video fails, named with its first missing frame
     out = tmp_path / "out"
@@ -408,7 +410,7 @@ def test_gap_in_a_frame_folder(tmp_path):
     for i in (1, 2, 3, 5):
         frame_io.write_image(folder / f"frame_{i:04d}.png", np.zeros((4, 4, 3), np.uint8))
     (folder / "cover.png").write_bytes((folder / "frame_0001.png").read_bytes())  # unnumbered: not checked
-    with pytest.raises(frame_io.FrameError, match="frame_0004.png: missing frame"):
+    with pytest.raises(FrameError, match="frame_0004.png: missing frame"):
         frame_io.list_frame_files(folder)
     cli.apply_allow_gaps(True)
     try:
@@ -474,11 +476,11 @@ def test_distributed_environment_is_checked(monkeypatch, env, message):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(cli.UserError, match=message):
-        cli.dist_env()
-    with pytest.raises(cli.UserError, match=message):
+    with pytest.raises(UserError, match=message):
+        dist_env()
+    with pytest.raises(UserError, match=message):
         feature_store.parse_shard(None)
-    with pytest.raises(cli.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         train_i3d.init_distributed()
 
 
@@ -498,11 +500,11 @@ def test_non_finite_weights_refused_at_load(tmp_path):
     state[key].view(-1)[7] = float("nan")
     path = tmp_path / "nan.pt"
     torch.save(state, path)
-    with pytest.raises(cli.UserError, match=rf"nan.pt: tensor {key} holds NaN or inf"):
+    with pytest.raises(UserError, match=rf"nan.pt: tensor {key} holds NaN or inf"):
         weights.load_model(path)
     ckpt = tmp_path / "last.ckpt"
     torch.save({"version": train_i3d.CKPT_VERSION, "config": {}, "model": state}, ckpt)
-    with pytest.raises(cli.UserError, match="holds NaN or inf"):
+    with pytest.raises(UserError, match="holds NaN or inf"):
         train_i3d.load_checkpoint(ckpt, {})
     assert train_i3d.first_non_finite(state) == key
 
@@ -515,7 +517,7 @@ def test_one_training_run_per_save_model(tmp_path):
                                f"{save}lock"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(cli.UserError, match="another train_i3d.py is running"):
+        with pytest.raises(UserError, match="another train_i3d.py is running"):
             train_i3d.train(train_i3d.parse_args(["-root", str(tmp_path), "-save_model", str(save)]))
     finally:
         holder.kill()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import weights
-from cli import UserError
+from errors import UserError
 from conftest import CACHE, ROOT
 from pytorch_i3d import InceptionI3d
 import tf_checkpoint

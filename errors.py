@@ -1,0 +1,15 @@
+"""The project's error types, on the ground floor: every module may raise them, and the jobs'
+command-line layer (cli.run_main) turns each into one line on stderr and an exit status."""
+
+
+class UserError(Exception):
+    """Bad input or configuration: reported as one line on stderr, exit status 2."""
+
+
+class FrameError(Exception):
+    """A frame or video that cannot be read; the message names the file."""
+
+
+class DiskFullError(Exception):
+    """A write that did not fit: the message names the path and the free space. Stops the whole
+    job (every later write would fail too); reported as one line, exit status 3."""

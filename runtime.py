@@ -1,0 +1,49 @@
+"""Where the work runs: the device (cuda if there is one, else the CPU) and the distributed
+environment that torchrun sets. Library code and jobs alike use these; neither parses flags."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; a bare number N (the original -gpu N) -> cuda:N;
+    otherwise the named device (checked)."""
+    import torch  # here, so that cli (and the torch-free tf_checkpoint reader) loads without torch
+
+    if name.isdigit():
+        name = f"cuda:{name}"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) from the environment (torchrun's), checked: integers,
+    WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0. Absent: (0, 1, 0)."""
+    values = {}
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        text = os.environ.get(name, "").strip()
+        try:
+            values[name] = int(text) if text else default
+        except ValueError:
+            raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1:
+        raise UserError(f"environment variable WORLD_SIZE={world}: must be at least 1")
+    if not 0 <= rank < world:
+        raise UserError(f"environment variables RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    if local < 0:
+        raise UserError(f"environment variable LOCAL_RANK={local}: must be 0 or more")
+    return rank, world, local
