@@ -45,7 +45,8 @@ from charades_dataset import NUM_CLASSES, VideoItem, load_clip
 from errors import FrameError, UserError
 from runtime import select_device
 from cli import run_main, setup_logging
-from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
+from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
+from pytorch_i3d import InceptionI3d
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
 from tvl1 import _compile_works, end_point_error, tvl1_torch

@@ -49,7 +49,7 @@ from charades_metrics import LOCALIZE_POINTS, evaluate
 from runtime import select_device
 from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int,
                  run_main, setup_logging)
-from pytorch_i3d import PRECISIONS
+from fast_i3d import PRECISIONS
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from runtime import select_device
 from cli import (add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
                  setup_logging, size_or_zero)
 from feature_store import H5Store, NpyStore, parse_shard, shard
-from pytorch_i3d import PRECISIONS
+from fast_i3d import PRECISIONS
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
 

@@ -41,7 +41,7 @@ from runtime import select_device
 from cli import keep_freed_memory, run_main, setup_logging
 from atomic_io import atomic_write
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames
-from pytorch_i3d import check_precision
+from fast_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import weights as weights_mod
 from errors import FrameError, UserError
 from runtime import select_device
 from cli import keep_freed_memory, positive_int, run_main, setup_logging, size_or_zero
-from pytorch_i3d import PRECISIONS
+from fast_i3d import PRECISIONS
 from streaming import stream_logits
 from tvl1 import iter_video_flow
 

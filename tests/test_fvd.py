@@ -14,7 +14,7 @@ import torch
 
 import fvd
 from errors import UserError
-import pytorch_i3d
+import fast_i3d
 from pytorch_i3d import InceptionI3d
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,8 +208,8 @@ def test_bad_input_is_one_line(case, expect, ckpts, sets, tmp_path):
 
 
 def test_bf16_refused_without_support(ckpts, sets, monkeypatch):
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(pytorch_i3d.PrecisionError, match="^bf16 is not supported by this CPU"):
+    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(fast_i3d.PrecisionError, match="^bf16 is not supported by this CPU"):
         fvd.Extractor(weights=ckpts["rgb"], precision="bf16", device="cpu")
 
 
