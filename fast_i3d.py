@@ -1,8 +1,9 @@
 """The fast, eval-only copy of an I3D (`InceptionI3d.for_inference()`), and the precision policy.
 
 Built from the layers' public contract (pytorch_i3d.py's module docstring: `time`, `window`,
-`out_channels`, `forward(x, pad_t)`, `accept(builder)`), never from their internals; its layers
-keep that contract, so the streaming engine runs them as it runs the plain ones. What it changes,
+`out_channels`, `branches`, `forward(x, pad_t)`, `accept(builder)`), never from their
+internals; its layers keep that contract (all but `accept`: nothing builds from them), so the
+streaming engine runs them as it runs the plain ones. What it changes,
 and why:
 
 - batch norm is folded into the convolutions, and each Inception block's three 1x1
@@ -142,6 +143,8 @@ class FastUnit(nn.Module):
     """A folded Unit3D (+ ReLU). Stride-1 odd kernels pad symmetrically inside the conv (no
     padded copy); the strided stem pads asymmetrically ('SAME', odd pixel at the end)."""
 
+    branches = ()
+
     def __init__(self, unit: nn.Module):
         super().__init__()
         self.conv = _fold(unit)
@@ -182,15 +185,11 @@ class FastUnit(nn.Module):
             y = _conv3d(self.window.pad(x, pad_t), self.conv, (0, 0, 0))
         return F.relu_(y) if self.relu else y
 
-    def accept(self, builder):
-        return builder.unit(self)
-
-
 class FastMaxPool(nn.Module):
     """The 'SAME' max pool of a ReLU output without a padded copy wherever the pool's ceil rule
     allows it (MaxPool3dSamePadding.ceil_padding)."""
 
-    out_channels = None
+    out_channels, branches = None, ()
 
     def __init__(self, pool: nn.Module):
         super().__init__()
@@ -203,10 +202,6 @@ class FastMaxPool(nn.Module):
         if padding is not None:
             return F.max_pool3d(x, kernel, stride, padding, ceil_mode=True)
         return F.max_pool3d(self.window.pad(x, pad_t), kernel, stride)
-
-    def accept(self, builder):
-        return builder.max_pool(self)
-
 
 def separable_max3(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """The max over each 3-wide window (clipped at the borders) along each of `dims` in turn,
@@ -227,7 +222,7 @@ class SeparableMaxPool3(nn.Module):
     the border equals the original's zero padding on inputs >= 0, and the max is exact, so the
     order of the passes changes no value."""
 
-    out_channels = None
+    out_channels, branches = None, ()
 
     def __init__(self, pool: nn.Module):
         super().__init__()
@@ -245,10 +240,6 @@ class SeparableMaxPool3(nn.Module):
         torch.maximum(x.narrow(2, 0, n), x.narrow(2, 1, n), out=out)
         torch.maximum(out, x.narrow(2, 2, n), out=out)
         return separable_max3(out, (4, 3))
-
-    def accept(self, builder):
-        return builder.max_pool(self)
-
 
 class FastInception(nn.Module):
     """Inception block with its three 1x1 convs of the block input (the first layers of branches
@@ -288,11 +279,7 @@ class FastInception(nn.Module):
                           device=x.device, memory_format=torch.channels_last_3d)
         return torch.cat(ys, dim=1, out=out)
 
-    def accept(self, builder):
-        return builder.inception(self)
-
-
-class _FastBuilder:
+class FastLayers:
     """The fast layer of each model layer (layer.accept(builder))."""
 
     unit = FastUnit
@@ -322,7 +309,7 @@ class FastInceptionI3d(nn.Module):
         self.final_endpoint, self.has_logits = model.final_endpoint, model.has_logits
         self.num_classes, self.in_channels = model.num_classes, model.in_channels
         model = copy.deepcopy(model).float().cpu().eval()
-        self.features = nn.Sequential(OrderedDict((name, layer.accept(_FastBuilder))
+        self.features = nn.Sequential(OrderedDict((name, layer.accept(FastLayers))
                                                   for name, layer in model.layers()))
         self.avg_pool, self.head = model.avg_pool, model.head  # no parameters
         if self.has_logits:

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 SIZE = 224
 RESIZE_METHODS = ("tf1", "torch", "none")
 MIN_FRAMES = 9      # fewer frames leave the reference's (2, 7, 7) VALID average pool nothing to pool
-MIN_SIDE = 193      # ceil(side / 32) >= 7 for the same pool
 # Protocol entries that must agree between two sets (clips, seed and precision may differ).
 COMPARED = ("weights_sha256", "frames", "resize", "size", "rescale", "features", "covariance")
 

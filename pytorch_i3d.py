@@ -13,6 +13,8 @@ engine (streaming.py) are built from these public parts and never from a layer's
 - `layer.time` (TimeSpec): temporal kernel, stride, dilation and padding rule;
 - `layer.window` (Window): the whole 3D kernel and stride, and the one 'SAME' padding rule;
 - `layer.out_channels`: output channels (None for a pool: as many as it gets);
+- `layer.branches`: () for a single layer; an Inception block's lists of layers per branch,
+  each fed by `layer.branch_inputs(x)`, so an engine can stream every branch on its own;
 - `layer(x, pad_t)`: pad_t=None pads time as TF-'SAME' over x (a whole video); (front, back)
   pads exactly that many zero frames (an engine that feeds the layer a slice of the video);
 - `layer.accept(builder)`: calls builder.unit / max_pool / inception with the layer, so a
@@ -119,7 +121,7 @@ class Window:
 class MaxPool3dSamePadding(nn.MaxPool3d):
     """Max pool with TensorFlow 'SAME' padding computed from the input size."""
 
-    out_channels = None  # as many as it gets
+    out_channels, branches = None, ()  # as many channels as it gets; a single layer
 
     def __init__(self, kernel_size, stride):
         super().__init__(kernel_size, stride)
@@ -151,6 +153,8 @@ class MaxPool3dSamePadding(nn.MaxPool3d):
 
 class Unit3D(nn.Module):
     """Conv3d ('SAME' padding) + optional BatchNorm3d (eps 1e-3, momentum 0.01) + optional ReLU."""
+
+    branches = ()
 
     def __init__(
         self,
@@ -229,7 +233,7 @@ class FinalAvgPool(nn.Module):
     """The Logits endpoint's AvgPool3d((2, 7, 7), stride 1), no padding, its kernel shrunk
     where the map is smaller (no parameters)."""
 
-    out_channels = None
+    out_channels, branches = None, ()
     window = Window((2, 7, 7))
     time = TimeSpec(2, padding="valid")
 
@@ -267,16 +271,8 @@ class LogitsHead(nn.Module):
         return F.softmax(logits.flatten(2).mean(dim=2), dim=1)
 
 
-def squeeze_logits(x: torch.Tensor, spatial_squeeze: bool) -> torch.Tensor:
-    return LogitsHead(spatial_squeeze)(x)
-
-
-predictions = LogitsHead.predictions
-
-
-# (endpoint, layer, output channels) in order; each takes the previous endpoint's channels.
 def _endpoint_modules(in_channels: int) -> list[tuple[str, nn.Module]]:
-    """Every convolutional endpoint."""
+    """Every convolutional endpoint's (name, layer), in order; each takes the previous one's output."""
     return [
         ("Conv3d_1a_7x7", Unit3D(in_channels, 64, [7, 7, 7], stride=(2, 2, 2), name="Conv3d_1a_7x7")),
         ("MaxPool3d_2a_3x3", MaxPool3dSamePadding(kernel_size=[1, 3, 3], stride=(1, 2, 2))),

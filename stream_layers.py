@@ -6,8 +6,8 @@ input frames its next output window still needs, and applies the whole video's t
 padding at the first and last piece (zero frames: right for convs, and for max pools, whose
 inputs follow a ReLU); every frame passes every layer once. Everything a stage knows of its
 layer is the layer's public contract (pytorch_i3d.py): `layer.time` says kernel, stride,
-padding and tile, `layer(x, (0, 0))` runs it on a slice with no temporal padding, and
-`layer.accept(StageBuilder)` picks the stage. Inception branches have different temporal
+padding and tile, `layer(x, (0, 0))` runs it on a slice with no temporal padding, and a layer
+with `branches` (an Inception block) is streamed branch by branch (layer_stage). Inception branches have different temporal
 latencies: a block (Block) queues each branch's output and emits the steps all four have.
 """
 from __future__ import annotations
@@ -210,30 +210,23 @@ class Block:
 
 
 
-class StageBuilder:
-    """The stage of a layer over an input of `frames` frames: `layer.accept(builder)`."""
-
-    def __init__(self, frames: int, channels_last: bool):
-        self.frames, self.channels_last = frames, channels_last
-
-    def temporal(self, layer: nn.Module) -> Pointwise | TemporalStream:
-        """Any layer with a time contract and forward(x, pad_t)."""
-        spec = layer.time.over(self.frames)
-        if spec.kernel == 1 and spec.stride == 1:
-            return Pointwise(lambda x: layer(x, (0, 0)), self.frames)
-        return TemporalStream(lambda x: layer(x, (0, 0)), spec, self.frames, self.channels_last)
-
-    unit = max_pool = temporal
-
-    def inception(self, block: nn.Module) -> Block:
+def layer_stage(layer: nn.Module, frames: int, channels_last: bool) -> Pointwise | TemporalStream | Block:
+    """The stage of a layer over an input of `frames` frames, from its public contract: a layer
+    with branches (an Inception block) streams each branch on its own; any other layer by its
+    time contract, run on slices with no temporal padding."""
+    if layer.branches:
         branches, lengths = [], []
-        for layers in block.branches:
-            stages, n = [], self.frames
-            for layer in layers:
-                stages.append(layer.accept(StageBuilder(n, self.channels_last)))
+        for layers in layer.branches:
+            stages, n = [], frames
+            for inner in layers:
+                stages.append(layer_stage(inner, n, channels_last))
                 n = stages[-1].n_out
             branches.append(stages)
             lengths.append(n)
         if len(set(lengths)) != 1:
             raise ValueError(f"Inception branches of different output lengths {lengths}")
-        return Block(block.branch_inputs, branches, self.channels_last, lengths[0])
+        return Block(layer.branch_inputs, branches, channels_last, lengths[0])
+    spec = layer.time.over(frames)
+    if spec.kernel == 1 and spec.stride == 1:
+        return Pointwise(lambda x: layer(x, (0, 0)), frames)
+    return TemporalStream(lambda x: layer(x, (0, 0)), spec, frames, channels_last)

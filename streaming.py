@@ -36,15 +36,15 @@ import frame_io
 from errors import FrameError, UserError
 from fast_i3d import FastInceptionI3d
 from pytorch_i3d import VALID_ENDPOINTS, InceptionI3d
-from stream_layers import Pointwise, StageBuilder, empty_like_time, finish_chain, run_chain
+from stream_layers import Pointwise, empty_like_time, finish_chain, layer_stage, run_chain
 
 log = logging.getLogger(__name__)
 
 CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
 HEADS = ("none", "pooled", "logits")
-# Default frames per engine push: bounds activation memory (any value gives the same result).
-# At 224x224 fp32 (rgb_scratch, 2000 frames) 16 frames peak at 1.09 GiB RSS, 32 at 1.22-1.29
-# GiB (glibc keeps freed memory: cli.keep_freed_memory), for 3-5 % more time.
+# Default frames per engine push: bounds activation memory (any value gives the same result);
+# fewer frames per push mean less memory for a little more time per frame (README, Feature
+# extraction: peak memory by chunk size).
 CHUNK_FRAMES = 16
 
 
@@ -98,7 +98,7 @@ class StreamingI3D:
         self.lengths = [self.total]  # input length of every stage over the whole video
         for i, (name, m) in enumerate(layers.items()):
             # The fast model is channels-last after the stem (its input is taken as given).
-            stage = m.accept(StageBuilder(self.lengths[-1], self.fast and i > 0))
+            stage = layer_stage(m, self.lengths[-1], self.fast and i > 0)
             self.stages.append(stage)
             self.lengths.append(stage.n_out)
             self.layers.append(m)
@@ -108,7 +108,7 @@ class StreamingI3D:
         if self.fast:  # the fast model's outputs are float32 (pooled and logits computed in fp32)
             self.stages.append(Pointwise(lambda x: x.float(), n))
         if head != "none":
-            self.stages.append(StageBuilder(n, self.fast).temporal(model.avg_pool))
+            self.stages.append(layer_stage(model.avg_pool, n, self.fast))
             n = self.stages[-1].n_out
         if head == "logits":
             self.stages.append(Pointwise(model.classify, n))

@@ -473,3 +473,43 @@ def test_separable_inception_max_pool_is_exact():
             assert torch.equal(out, pool(x))
             assert out.is_contiguous(memory_format=fmt)
     assert torch.equal(separable(x.bfloat16()), F.max_pool3d(x.bfloat16(), 3, 1, 1))
+
+
+# ---- the layers' time contract (what the streaming engine and the fast copy rely on) ---------
+
+def contract_layers() -> dict[str, nn.Module]:
+    """One layer of each kind and temporal geometry, plain and fast (direct convolutions)."""
+    torch.manual_seed(0)
+    layers = {
+        "stem 7/2": pytorch_i3d.Unit3D(3, 4, [7, 7, 7], stride=(2, 2, 2)),
+        "conv 3/1": pytorch_i3d.Unit3D(3, 4, [3, 3, 3]),
+        "pool 3/2": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(2, 2, 2)),
+        "pool 2/2": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[2, 2, 2], stride=(2, 2, 2)),
+        "pool 1/1": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[1, 3, 3], stride=(1, 2, 2)),
+        "inception": pytorch_i3d.InceptionModule(3, [2, 3, 4, 2, 3, 2], "m"),
+    }
+    for name, layer in list(layers.items()):
+        random_bn_stats(layer)
+        layers[f"fast {name}"] = layer.accept(fast_i3d.FastLayers)
+    return layers
+
+
+@pytest.mark.parametrize("t", [1, 2, 9, 12])
+def test_every_layer_output_from_its_own_window_and_padding(t):
+    """layer(x) (pad_t None: TF-'SAME' over the whole video) at output j equals the layer run on
+    just the frames output j reads, given the zero frames it reads before / after x as pad_t:
+    the time contract (time.pads, time.out_frames, forward(x, pad_t)) the engine builds on."""
+    x = torch.relu(clip((1, 3, t, 9, 9)))  # pools follow a ReLU
+    for name, layer in contract_layers().items():
+        spec = layer.time
+        with torch.inference_mode():
+            whole = layer(x)
+            (front, back), span, s = spec.pads(t), spec.span, spec.stride
+            assert whole.shape[2] == spec.out_frames(t), name
+            assert layer.out_channels in (None, whole.shape[1]), name
+            for j in range(whole.shape[2]):
+                lo, hi = j * s - front, j * s - front + span  # output j's window, in x's frames
+                pad_t = (max(0, -lo), max(0, hi - t))
+                out = layer(x[:, :, max(lo, 0):min(hi, t)], pad_t)
+                assert out.shape[2] == 1, (name, j)
+                torch.testing.assert_close(out, whole[:, :, j:j + 1], rtol=1e-5, atol=1e-6, msg=f"{name} t={t} j={j}")
