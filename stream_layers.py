@@ -7,8 +7,9 @@ padding at the first and last piece (zero frames: right for convs, and for max p
 inputs follow a ReLU); every frame passes every layer once. Everything a stage knows of its
 layer is the layer's public contract (pytorch_i3d.py): `layer.time` says kernel, stride,
 padding and tile, `layer(x, (0, 0))` runs it on a slice with no temporal padding, and a layer
-with `branches` (an Inception block) is streamed branch by branch (layer_stage). Inception branches have different temporal
-latencies: a block (Block) queues each branch's output and emits the steps all four have.
+with `branches` (an Inception block) is streamed branch by branch (layer_stage). The branches
+have different temporal latencies: a block (Block) queues each branch's output and emits the
+steps all four have.
 """
 from __future__ import annotations
 

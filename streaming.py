@@ -9,9 +9,9 @@ training's validation): an I3D over a frame stream of any length, exact and boun
 - StreamingI3D: every temporal conv / pool keeps, from one chunk to the next, just the frames
   it still needs; the whole video's TF-SAME padding is applied at the first and last chunk;
   every frame passes every layer once (stream_layers.py: the layer stages, built from each
-  layer's public time contract, pytorch_i3d.TimeSpec). The front padding of a stride-2 layer depends on the
-  video's length, so the engine needs the frame count T before the first chunk; a stream of
-  another length raises LengthMismatch (never a silently wrong result).
+  layer's public time contract, pytorch_i3d.TimeSpec). The front padding of a stride-2 layer
+  depends on the video's length, so the engine needs the frame count T before the first
+  chunk; a stream of another length raises LengthMismatch (never a silently wrong result).
 - VideoStream: uint8 frames (n, H, W, C) of one video -> the engine in chunks of
   `chunk_frames` (ten crops as a batch of 10), in the output layouts of extract_features.py.
 - stream_features / stream_logits: a whole frame stream -> features / per-time logits; a
@@ -172,7 +172,8 @@ class StreamingI3D:
             h, w = -(-h // m.window.stride[1]), -(-w // m.window.stride[2])
         dtype = torch.float32 if self.fast else t.dtype
         if self.head != "none":
-            h, w = h - min(7, h) + 1, w - min(7, w) + 1
+            _, kh, kw = self.model.avg_pool.window.kernel
+            h, w = h - min(kh, h) + 1, w - min(kw, w) + 1
         if self.head == "logits":
             c = self.model.num_classes
             if self.model.spatial_squeeze:
