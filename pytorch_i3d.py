@@ -240,7 +240,7 @@ class FinalAvgPool(nn.Module):
     def forward(self, x: torch.Tensor, pad_t: Pads | None = None) -> torch.Tensor:
         if pad_t not in (None, (0, 0)):
             x = F.pad(x, (0, 0, 0, 0, *pad_t))
-        kernel = (self.time.over(x.shape[2]).kernel, min(7, x.shape[3]), min(7, x.shape[4]))
+        kernel = (self.time.over(x.shape[2]).kernel, *(min(k, n) for k, n in zip(self.window.kernel[1:], x.shape[3:])))
         return F.avg_pool3d(x, kernel, stride=1)
 
 
