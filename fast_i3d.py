@@ -271,8 +271,11 @@ class FastInception(nn.Module):
         if pad_t is None:
             pad_t = self.time.pads(x.shape[2])
         y0, y1, y2, x = self.branch_inputs(x)
-        y0 = y0[:, :, 1 - pad_t[0]:y0.shape[2] - (1 - pad_t[1])]  # the frames the 3-frame branches output
-        ys = [y0, self.b1b(y1, pad_t), self.b2b(y2, pad_t), self.b3b(self.b3a(x, pad_t))]
+        lo, hi = 1 - pad_t[0], 1 - pad_t[1]
+        if lo or hi:  # the frames the 3-frame branches output
+            y0 = y0[:, :, lo:y0.shape[2] - hi]
+        y3 = self.b3b(self.b3a(x, pad_t))
+        ys = [y0, self.b1b(y1, pad_t), self.b2b(y2, pad_t), y3]
         # Concatenate into a channels-last output: torch.cat would pick the layout of y0, a
         # channel slice, and fall back to contiguous, which makes every later layer slower.
         out = torch.empty((x.shape[0], sum(y.shape[1] for y in ys), *ys[3].shape[2:]), dtype=x.dtype,

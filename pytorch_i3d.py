@@ -221,7 +221,8 @@ class InceptionModule(nn.Module):
         # The 1x1 branch sees no padding: crop it to the frames the 3-frame branches output.
         lo, hi = 1 - pad_t[0], 1 - pad_t[1]
         y0 = self.b0(x)
-        y0 = y0[:, :, lo:y0.shape[2] - hi]
+        if lo or hi:
+            y0 = y0[:, :, lo:y0.shape[2] - hi]
         return torch.cat([y0, self.b1b(self.b1a(x), pad_t), self.b2b(self.b2a(x), pad_t),
                           self.b3b(self.b3a(x, pad_t))], dim=1)
 
