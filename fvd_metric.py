@@ -209,7 +209,9 @@ class FVDMetric(_Base):
         (self.real_features if real else self.fake_features).append(self.features(videos))
 
     def _rows(self, state: list | torch.Tensor) -> np.ndarray:
-        rows = torch.cat(state) if isinstance(state, list) else state  # torchmetrics' sync concatenates
+        if isinstance(state, list):  # torchmetrics' sync leaves one concatenated tensor instead
+            state = torch.cat(state) if state else torch.zeros(0, 400, dtype=torch.float64)
+        rows = state
         return _gather_rows(rows).numpy()
 
     def compute(self) -> float:
