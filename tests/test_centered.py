@@ -97,7 +97,7 @@ def test_centered_cli_both_streams_concat_fps_h5(tmp_path):
     side = json.loads((tmp_path / "npy" / "rgb" / "clip.json").read_text())
     assert side["window_center_frame"] == list(range(10))
     assert side["window_center_s"] == [round(t / 12.5, 6) for t in range(10)]
-    assert side["window_start_frame"][:3] == [0, 0, 1] and side["window_end_frame"][-3:] == [10, 10, 10]
+    assert side["window_start_frame"][:4] == [0, 0, 0, 1] and side["window_end_frame"][-3:] == [10, 10, 10]
     assert ef.main([str(a) for a in [*common, "-save_dir", tmp_path / "h5", "--format", "h5"]]) == 0
     with h5py.File(tmp_path / "h5" / "rgb" / "features.h5", "r") as f:
         np.testing.assert_allclose(f["clip"][()], rgb, rtol=0, atol=1e-5 * max(1.0, float(np.abs(rgb).max())))

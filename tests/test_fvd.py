@@ -438,3 +438,41 @@ def test_protocol_bad_input_is_one_line(case, expect, live_weights, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and expect in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+METRIC_SCRIPT = '''
+import os, sys, json
+import numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+import fvd_metric
+rng = np.random.default_rng(0)
+real = rng.integers(0, 256, (4, 9, 24, 24, 3), dtype=np.uint8)
+fake = np.clip(real.astype(int) + 50, 0, 255).astype(np.uint8)
+world = int(os.environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    dist.init_process_group("gloo")
+rank = dist.get_rank() if world > 1 else 0
+m = fvd_metric.FVDMetric(sys.argv[1])
+for k in range(rank, 4, world):  # each process its share of the clips
+    m.update(torch.from_numpy(real[k:k + 1]), real=True)
+    m.update(torch.from_numpy(fake[k:k + 1]), real=False)
+value = m.compute()
+if rank == 0:
+    print(json.dumps({"fvd": value, "torchmetrics": fvd_metric.HAVE_TORCHMETRICS}))
+'''
+
+
+@pytest.mark.slow
+def test_metric_two_processes_equal_one(live_weights, tmp_path):
+    """Under torchrun each process updates its share; compute() gathers them all (torchmetrics'
+    sync when it is installed, else the plain class's all_gather) and equals one process."""
+    script = tmp_path / "metric.py"
+    script.write_text(METRIC_SCRIPT)
+    args = [str(script), str(live_weights), str(ROOT)]
+    one = subprocess.run([PY, *args], capture_output=True, text=True, env=ENV, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["fvd"] == pytest.approx(a["fvd"], rel=1e-9) and a["fvd"] > 0
