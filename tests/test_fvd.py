@@ -1,6 +1,8 @@
 """fvd.py: the reference's numbers (151.392 for zeros vs 255s at 30 frames), the TF1 resize rule
 against an independent loop, the Frechet distance against closed forms, statistics files,
-torchrun with 2 processes equal to one, and bad input (one line, non-zero exit)."""
+torchrun with 2 processes equal to one, and bad input (one line, non-zero exit); the protocols:
+clip sampling over a set, stride, StyleGAN-V's presets, KVD against a pair-by-pair formula,
+statistics files with clip and video counts, FVDMetric equal to fvd.py."""
 import json
 import os
 import subprocess
