@@ -16,8 +16,9 @@ clip's features, how many clips and videos, the protocol as JSON).
 
 Sampling: every frame of every video (default); --frames F the first F; --clips K K random
 clips per video; --num-clips N N clips over the set (videos uniformly at random, reused only
-when N exceeds them, a seeded random start per clip); --stride S takes every S-th frame. --protocol names StyleGAN-V's presets. Two sets (or statistics files) are
-compared only when their protocols agree (weights, frames, stride, preset, resize, rescale).
+when N exceeds them, a seeded random start per clip); --stride S takes every S-th frame.
+--protocol names StyleGAN-V's presets. Two sets (or statistics files) are compared only when
+their protocols agree (weights, frames, stride, preset, resize, rescale).
 
 The reference protocol (google-research `frechet_video_distance` with the TF-Hub module
 i3d-kinetics-400, which holds DeepMind's rgb_scratch weights), the default here:
@@ -140,7 +141,9 @@ class VideoSet(torch.utils.data.Dataset):
             return [0]
         span = (self.frames - 1) * self.stride + 1
         if total < span:
-            need = f"--frames {self.frames}" + (f" --stride {self.stride} (a span of {span})" if self.stride > 1 else "")
+            need = f"--frames {self.frames}"
+            if self.stride > 1:
+                need += f" --stride {self.stride} (a span of {span})"
             raise FrameError(f"{name}: {total} frames, fewer than {need}: not one clip fits")
         if self.plan is not None:
             return [int(np.random.default_rng([self.seed, 1, k]).integers(0, total - span + 1)) for k in self.plan[i]]
@@ -270,7 +273,8 @@ def _sampling_text(frames: int | None, clips: int | None, num_clips: int | None,
         return "every frame of every video"
     clip = f"{frames} frames" + (f", every {stride}th" if stride > 1 else "")
     if num_clips is not None:
-        return f"{num_clips} clips of {clip} over the set: videos uniformly (reused only past one clip each), a random start each"
+        return (f"{num_clips} clips of {clip} over the set: videos uniformly (reused only past one clip each), "
+                "a random start each")
     if clips is not None:
         return f"{clips} clips of {clip} per video, random starts"
     return f"the first {clip} of each video"
@@ -326,8 +330,9 @@ class Extractor:
             "reference": "google-research frechet_video_distance, TF-Hub i3d-kinetics-400",
             "protocol": protocol_name, "weights": path.stem, "weights_sha256": _file_sha256(path),
             "frames": frames, "stride": stride, "num_clips": num_clips, "clips": clips,
-            "sampling": _sampling_text(frames, clips, num_clips, stride), "seed": seed, "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias",
-                                     "none": "none"}[resize], "size": SIZE if resize != "none" else None,
+            "sampling": _sampling_text(frames, clips, num_clips, stride), "seed": seed,
+            "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias", "none": "none"}[resize],
+            "size": SIZE if resize != "none" else None,
             "rescale": "2*x/255-1" if rescale else "none", "features": "400 logits averaged over time",
             "covariance": "float64, N-1", "precision": precision}
 

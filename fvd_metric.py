@@ -193,7 +193,8 @@ class FVDMetric(_Base):
         """(N, 400) float64 on the CPU: the clip logits averaged over time, as fvd.py."""
         v = videos if isinstance(videos, torch.Tensor) else torch.as_tensor(np.asarray(videos))
         if v.ndim != 5:
-            raise UserError(f"expected videos (N, T, H, W, 3) uint8 or (N, T, 3, H, W) float, got shape {tuple(v.shape)}")
+            raise UserError(f"expected videos (N, T, H, W, 3) uint8 or (N, T, 3, H, W) float, "
+                            f"got shape {tuple(v.shape)}")
         if v.is_floating_point():
             if v.shape[2] != 3:
                 raise UserError(f"float videos are (N, T, 3, H, W) in [0, 1], got shape {tuple(v.shape)}")
