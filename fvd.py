@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import keep_freed_memory, run_main, setup_logging
+from cli import keep_freed_memory, positive_int, run_main, setup_logging
 from atomic_io import atomic_write
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files
 from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
@@ -492,8 +492,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        f"{k}: --num-clips {v['num_clips']} --frames {v['frames']} --stride {v['stride']}"
                        for k, v in PROTOCOLS.items()))
     p.add_argument("--frames", type=int, default=None, help="clip length (default: every frame)")
-    p.add_argument("--stride", type=int, default=1, help="frames between a clip's frames (8: every 8th frame)")
-    p.add_argument("--num-clips", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=1, help="frames between a clip's frames (8: every 8th frame)")
+    p.add_argument("--num-clips", type=positive_int, default=None,
                    help="N clips over the whole set: videos uniformly at random (reused only when N exceeds "
                         "them), a random valid start each")
     p.add_argument("--clips", type=int, default=None,
@@ -501,8 +501,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random clips and of --kvd's subsets")
     p.add_argument("--kvd", action="store_true", help="also the kernel video distance (KID's unbiased "
                    f"polynomial-kernel MMD) over --kvd-subsets subsets of up to --kvd-subset-size clips")
-    p.add_argument("--kvd-subsets", type=int, default=KVD_SUBSETS)
-    p.add_argument("--kvd-subset-size", type=int, default=KVD_SUBSET_SIZE)
+    p.add_argument("--kvd-subsets", type=positive_int, default=KVD_SUBSETS)
+    p.add_argument("--kvd-subset-size", type=positive_int, default=KVD_SUBSET_SIZE,
+                   help="clips per subset (at least 2; at most the smaller set's clips are used)")
     p.add_argument("--resize-method", choices=RESIZE_METHODS[:2], default="tf1",
                    help="tf1: TF1 resize_bilinear (reference); torch: antialiased bilinear (torchvision)")
     p.add_argument("--no-resize", action="store_true", help="feed frames at their own size")

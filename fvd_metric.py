@@ -118,7 +118,8 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = KVD_SUBSETS, 
     f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
     m, d = min(len(f1), len(f2), subset_size), f1.shape[1]
     if m < 2:
-        raise UserError(f"KVD needs at least 2 clips in each set, got {len(f1)} and {len(f2)}")
+        raise UserError(f"KVD needs subsets of at least 2 clips: sets of {len(f1)} and {len(f2)} clips, "
+                        f"subset size {subset_size}")
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(subsets):
