@@ -7,13 +7,13 @@ locks, and the clean-up of a killed run's temporaries.
   folder (`.NAME.PID-XXXXXXXX.tmp`), fsync, rename: a kill never leaves a half-written output,
   and the rename is the output's "done" marker;
 - clean_stale_temps: removes only temporaries of this name whose process is dead;
-- file_lock: fcntl.flock on a file or folder, for two processes on one output.
+- file_lock: an exclusive lock on a file or folder, for two processes on one output (the filelock
+  package: flock on Linux and macOS, msvcrt on Windows; no fcntl import here).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import logging
 import os
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from errors import DiskFullError
 
@@ -159,21 +160,26 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> int:
     return removed
 
 
+LOCK_NAME = ".lock"  # a folder is locked through this file inside it
+
+
 @contextlib.contextmanager
-def file_lock(path: str | Path, shared: bool = False, blocking: bool = True) -> Iterator[None]:
-    """An fcntl.flock on `path` (a folder, or a file created if needed) for the block; released when the block
-    ends or the process dies. Non-blocking and held elsewhere: BlockingIOError."""
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[None]:
+    """An exclusive lock on `path` for the block: a file (created if needed), or a folder
+    through its LOCK_NAME file. Released when the block ends or the process dies (flock / msvcrt
+    locks die with their process). Non-blocking and held elsewhere: BlockingIOError."""
     path = Path(path)
-    if path.is_dir():  # a folder locks itself: no lock file left behind
-        fd = os.open(path, os.O_RDONLY)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    target = path / LOCK_NAME if path.is_dir() else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target), timeout=-1 if blocking else 0, mode=0o666 & ~_umask())
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+        lock.acquire()
+    except Timeout:
+        raise BlockingIOError(errno.EAGAIN, f"{path}: locked by another process") from None
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @contextlib.contextmanager
