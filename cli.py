@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import warnings
 from typing import TYPE_CHECKING, Callable
@@ -116,12 +118,13 @@ def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None
 
 
 def add_resize_crop(p: argparse.ArgumentParser, resize_default: int | None, crop_default: int | None = 224,
-                    crop_zero_ok: bool = True, resize_help: str = "", crop_help: str = "") -> None:
+                    crop_zero_ok: bool = True, resize_help: str = "", crop_help: str = "",
+                    with_crop: bool = True) -> None:
     """The one definition of --resize / --crop: one spelling (-resize / --resize), one check
     (0 to MAX_SIZE pixels; 0 keeps the frames / takes the whole frame)."""
     p.add_argument("-resize", "--resize", type=size_or_zero, default=resize_default,
                    help=resize_help or "smaller side of the frames in pixels (0 keeps them)")
-    if crop_default is not None:  # crop_default None: a job that does not crop (dense_flow.py)
+    if with_crop:  # dense_flow.py resizes and does not crop
         p.add_argument("-crop", "--crop", type=size_or_zero if crop_zero_ok else positive_size, default=crop_default,
                        help=crop_help or "center crop size (0: the whole frame)")
 
@@ -212,6 +215,23 @@ def resolve_precision_flag(given: str | None, default: str, why: str, device: "t
     if asked == "auto":
         reason += f"; auto chose {ran} on {device.type}"
     return ran, reason
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The code's git commit (with '-dirty' for local changes), recorded in every output's
+    recipe; 'unknown' outside a git checkout."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 # The one exit-code scheme of every script (README: Exit status).

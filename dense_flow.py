@@ -253,7 +253,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                 "(added to INPUT...)")
     parser.add_argument("-method", "--method", default="tvl1", choices=METHODS)
     parser.add_argument("-rgb", "--rgb", action="store_true", help="also write the RGB frames VID-000001.jpg")
-    add_resize_crop(parser, 256, crop_default=None,
+    add_resize_crop(parser, 256, with_crop=False,
                     resize_help="smaller side of the frames the flow is computed on (0 keeps the size)")
     add_workers(parser, None, "processes, one thread each (default: one per core on CPU, 1 on CUDA); fewer "
                               "videos than workers: each video's pairs are split between them")
