@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Callable
 from errors import DiskFullError, FrameError, UserError
 from atomic_io import disk_full, is_disk_full
 from frame_io import ALLOW_GAPS_ENV
+from runtime import select_device
 
 if TYPE_CHECKING:
     import torch
 
 
-log = logging.getLogger("i3d")
+# Libraries whose warnings -q hides (their errors still show).
+THIRD_PARTY_LOGGERS = ("torch", "torchvision", "h5py", "PIL", "matplotlib", "filelock", "urllib3")
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -34,6 +36,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     if quiet:
         warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"  # DataLoader workers and child processes too
+        for name in THIRD_PARTY_LOGGERS:  # e.g. torch.utils.cpp_extension's logger.warning on CUDA_HOME
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 
@@ -190,14 +194,13 @@ def start(args: argparse.Namespace) -> "torch.device | None":
         apply_allow_gaps(args.allow_gaps)
     if not hasattr(args, "device"):
         return None
-    from runtime import select_device
-
     device = select_device(args.device)
     if hasattr(args, "precision_default"):
         args.precision, args.precision_reason = resolve_precision_flag(args.precision, *args.precision_default,
                                                                        device=device)
-        logging.getLogger(os.path.splitext(os.path.basename(sys.argv[0]))[0] or "i3d").info(
-            "precision %s (%s), device %s", args.precision, args.precision_reason, device)
+        # the job's first log line: which precision runs, and why
+        logging.getLogger("__main__").info("precision %s (%s), device %s", args.precision, args.precision_reason,
+                                           device)
     return device
 
 

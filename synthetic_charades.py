@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import atomic_io
 import frame_io
-from cli import run_main, setup_logging
+from cli import add_verbosity, run_main, start
 from pytorch_i3d import InceptionI3d
 from tvl1 import flow_to_uint8
 
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flow", action="store_true", help="also write ground-truth flow frames")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    add_verbosity(p)
     args = p.parse_args(argv)
-    setup_logging()
+    start(args)
     if args.videos < 2 or args.classes < 1 or args.frames < 8 or args.size < 32:
         p.error("need --videos >= 2, --classes >= 1, --frames >= 8, --size >= 32")
     write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed)

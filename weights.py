@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from errors import UserError
-from cli import run_main, setup_logging
+from cli import add_verbosity, run_main, start
 from atomic_io import atomic_write, disk_full, is_disk_full, write_bytes_checked
 from frame_io import MODE_CHANNELS
 from pytorch_i3d import InceptionI3d, Unit3D
@@ -486,9 +486,9 @@ def main() -> int:
     parser.add_argument("--convert-tf", nargs=2, metavar=("PREFIX", "OUT"),
                         help="convert a TF checkpoint you have (PREFIX.index, PREFIX.data-*) to OUT.pt")
     parser.add_argument("--force", action="store_true", help="remake files that exist")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(parser)
     args = parser.parse_args()
-    setup_logging(args.verbose)
+    start(args)
     if args.list:
         print(list_weights(args.models_dir))
         return 0
