@@ -226,10 +226,12 @@ def atomic_write_bytes(path: str | Path, data) -> None:
 
 def temp_dir_for(path: str | Path) -> Path:
     """A new temporary folder next to `path`, named for it and this process (clean_stale_temps
-    removes it once this process is gone)."""
+    removes it once this process is gone), with the mode the user's umask gives new folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; renamed into place, it gets the user's usual mode
+    return tmp
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import add_device, add_verbosity, run_main, setup_logging
+from cli import add_device, add_verbosity, run_main, start
 from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
@@ -245,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    start(args)
     rows: list[dict] = []
     skipped: list[str] = []
     failed: list[str] = []

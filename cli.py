@@ -31,8 +31,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """INFO by default, DEBUG with -v; with -q only warnings of our own and errors, and no
     third-party warnings (torch's "No CUDA runtime is found" and the like)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level)  # also where logging was set up before (main() called twice, tests)
     if quiet:
         warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"  # DataLoader workers and child processes too
