@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from errors import DiskFullError, FrameError, UserError
 from atomic_io import disk_full, is_disk_full
 from frame_io import ALLOW_GAPS_ENV
+from pytorch_i3d import PRECISIONS, PrecisionError, resolve_precision
 from runtime import select_device
 
 if TYPE_CHECKING:
@@ -143,8 +144,6 @@ def add_precision(p: argparse.ArgumentParser, default: str, why: str, choices: t
     """The one definition of --precision. `why` says why this job's default is what it is; the
     precision that runs and the reason are logged first by start() and kept as
     args.precision / args.precision_reason (for the job's JSON output)."""
-    from pytorch_i3d import PRECISIONS  # torch, only for the model jobs that take --precision
-
     p.add_argument("-precision", "--precision", choices=choices or PRECISIONS, default=None,
                    help=f"auto, fp32, bf16 or fp16 (default {default}: {why}); 'auto' is bf16 on a CPU with "
                         f"native bf16 and on CUDA, else fp32")
@@ -207,8 +206,6 @@ def start(args: argparse.Namespace) -> "torch.device | None":
 def resolve_precision_flag(given: str | None, default: str, why: str, device: "torch.device") -> tuple[str, str]:
     """(precision that runs, why): --precision as given, or the job's default; 'auto' resolved
     for this device (pytorch_i3d.resolve_precision; an impossible one is a one-line error)."""
-    from pytorch_i3d import PrecisionError, resolve_precision
-
     asked = given or default
     try:
         ran = resolve_precision(asked, device)
