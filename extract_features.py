@@ -57,7 +57,7 @@ from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSour
                                    iter_pieces)
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
-                 code_version, keep_freed_memory, nonneg_int, positive_int, run_main, start)
+                 code_version, keep_freed_memory, nonneg_int, positive_int, run_main, size_or_zero, start)
 from feature_store import H5Store, NpyStore, parse_shard, shard
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
@@ -334,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow weights for -mode both (or -mode flow, instead of -load_model)")
     p.add_argument("--keep-flow", type=Path, default=None, metavar="DIR",
                    help="also write the flow computed from videos as dense_flow.py's JPEGs: DIR/KEY/VID-000001x.jpg")
-    p.add_argument("--flow-resize", type=int, default=256,
+    p.add_argument("--flow-resize", type=size_or_zero, default=256,
                    help="smaller side of the frames TV-L1 runs on, for flow from videos (dense_flow.py's --resize)")
     p.add_argument("--flow-jpeg", action=argparse.BooleanOptionalAction, default=True,
                    help="pass flow from videos through dense_flow.py's JPEG encoding, so the features equal the "
@@ -395,8 +395,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--concat needs -mode both")
     if args.keep_flow is not None and (args.mode == "rgb" or args.input is None):
         p.error("--keep-flow needs -mode flow or both on --input videos")
-    if args.flow_resize < 0:
-        p.error("--flow-resize must be 0 (keep) or positive")
     if args.stack < 0 or args.step < 0 or (args.step and not args.stack):
         p.error("--step needs --stack; both positive")
     if args.ten_crop and not args.crop:

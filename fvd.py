@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import add_device, add_precision, add_verbosity, add_workers, keep_freed_memory, run_main, start
+from cli import add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, run_main, start
 from atomic_io import atomic_write
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames, read_list
 from pytorch_i3d import check_precision
@@ -328,7 +328,7 @@ class Extractor:
             "rescale": "2*x/255-1" if rescale else "none", "features": "400 logits averaged over time",
             "covariance": "float64, N-1", "precision": precision,
             # bf16 moves FVD by about 1 % (README): such statistics are recorded as not the reference's
-            "reference_precision": precision == "fp32"}
+            "reference_precision": precision == "fp32", "code_version": code_version()}
 
     def _run(self, batch: list[torch.Tensor]) -> np.ndarray:
         x = torch.cat(batch)  # (B*K, 3, T, H, W)

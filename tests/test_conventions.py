@@ -30,6 +30,7 @@ import predict
 import synthetic_charades
 import train_i3d
 import weights
+from pytorch_i3d import InceptionI3d
 from charades_dataset_full import input_sources
 from errors import DiskFullError, FrameError, UserError
 
@@ -375,3 +376,17 @@ def test_every_job_imports_without_fcntl():
             "import predict, extract_features, dense_flow, fvd, train_i3d, eval_i3d, weights, benchmark, hubconf")
     r = subprocess.run([PY, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_fvd_records_its_precision_and_code_version(tmp_path):
+    """fp32 is the reference's precision; bf16 statistics say they are not (where the CPU has bf16)."""
+    w = tmp_path / "k400.pt"
+    torch.save(InceptionI3d(num_classes=400).state_dict(), w)
+    ext = fvd.Extractor(weights=w, device="cpu", workers=0, progress=False)
+    assert ext.protocol["precision"] == "fp32" and ext.protocol["reference_precision"] is True
+    assert ext.protocol["code_version"] == cli.code_version()
+    from pytorch_i3d import cpu_supports_bf16
+    if cpu_supports_bf16():
+        ext = fvd.Extractor(weights=w, precision="bf16", device="cpu", workers=0, progress=False)
+        assert ext.protocol["precision"] == "bf16" and ext.protocol["reference_precision"] is False
