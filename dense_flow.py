@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -212,6 +213,7 @@ def _check_writable(out: Path) -> None:
 
 
 def _init_worker(threads: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends workers quietly (cli.run_main's handler is the parent's)
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
 
