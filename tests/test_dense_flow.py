@@ -18,6 +18,7 @@ import synthetic_charades
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a TV-L1 solve per pair, several seconds on 2 cores
 @pytest.mark.parametrize("kind", ["translation", "rotation", "patch"])
 def test_tvl1_matches_ground_truth_and_opencv(kind):
     f0, f1, gt = synthetic_charades.synthetic_pair(96, 128, kind, seed=1)
