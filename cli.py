@@ -1,5 +1,9 @@
-"""What every script shares: logging, device choice, and the rule that bad input ends with one
-clear line on stderr and a non-zero exit (never a traceback)."""
+"""What every job script shares, and only they import: the shared flags, each defined once
+(add_device, add_precision, add_workers, add_threads, add_resize_crop, add_allow_gaps,
+add_verbosity), the start of every main (start: logging, -q, --allow-gaps, the device, the
+precision that runs and why), the code version recorded in outputs, and run_main's one
+exit-code scheme: bad input ends with one clear line on stderr and a non-zero exit, never a
+traceback."""
 from __future__ import annotations
 
 import argparse
