@@ -123,6 +123,8 @@ def recipe(args: argparse.Namespace, mode: str, weights_sha256: str) -> dict:
 
 
 NOT_COMPARED = ("code_version",)
+RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
+               "weights_sha256", "flow_resize", "flow_jpeg")
 
 
 def recipe_difference(stored: dict, wanted: dict) -> str | None:
@@ -309,8 +311,9 @@ def concat_streams(args: argparse.Namespace, sources: list[VideoSource], tag: st
         for src in sources:
             if not (rgb.done(src.key) and flow.done(src.key)):
                 continue
+            flow_attrs = flow.attrs(src.key)  # the flow stream's recipe too: either one redone remakes this
             wanted = {**rgb.attrs(src.key), "mode": "rgb+flow",
-                      "flow_weights_sha256": flow.attrs(src.key).get("weights_sha256")}
+                      **{f"flow.{k}": flow_attrs[k] for k in RECIPE_KEYS if k in flow_attrs}}
             if out.done(src.key) and recipe_difference(out.attrs(src.key), wanted) is None:
                 continue  # made from these very streams
             (a, _), (b, _) = rgb.load(src.key), flow.load(src.key)
