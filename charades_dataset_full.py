@@ -218,6 +218,7 @@ def input_sources(inputs: list[Path]) -> list[VideoSource]:
             for entry in frame_io.read_list(p):
                 add(entry)
         elif p.is_file():
+            frame_io.refuse_text_file(p)
             paths.append((p, "file"))
         elif p.is_dir():
             if any(f.suffix.lower() in frame_io.IMAGE_EXTS for f in p.iterdir()):

@@ -50,8 +50,8 @@ from errors import DiskFullError, FrameError, UserError
 from runtime import select_device
 from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, run_main, start
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
-from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, video_info,
-                      write_image)
+from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
+                      video_info, write_image)
 from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,7 @@ def gather_inputs(args: argparse.Namespace) -> list[str]:
     for p in inputs:
         if not Path(p).exists():
             raise UserError(f"{p}: no such video or frame folder")
+        refuse_text_file(p)
     vids = [video_id(p) for p in inputs]
     dup = sorted({v for v in vids if vids.count(v) > 1})
     if dup:

@@ -95,6 +95,24 @@ def frame_kind(name: str | Path) -> str | None:
     return "flow" if _FLOW_STEM.match(stem) else "rgb" if _RGB_STEM.match(stem) else None
 
 
+def refuse_text_file(path: str | Path) -> None:
+    """A text file given where a video is expected (README.md, notes, a list without .txt) is
+    refused in one line instead of failing later as an unreadable video: video containers hold
+    NUL bytes in their first 4 KiB (box / chunk sizes), text files do not."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() in LIST_EXTS:
+        return
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        raise FrameError(f"{path}: a text file, not a video (a list of inputs is a {' or '.join(sorted(LIST_EXTS))} "
+                         f"file)")
+
+
 def list_frame_files(folder: str | Path, kind: str = "rgb") -> list[Path]:
     """The frame images of `kind` in a folder, sorted by name (flow: the x file of each pair).
     Images of no kind beside numbered frames are named in a warning (once per folder)."""

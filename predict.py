@@ -110,6 +110,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     for p in [*args.inputs, *(args.flow_input or [])]:
         if not p.exists():
             raise UserError(f"{p}: no such video file or frame folder")
+        frame_io.refuse_text_file(p)
 
 
 def top_k(logits: torch.Tensor, labels: list[str], k: int) -> dict:

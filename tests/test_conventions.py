@@ -233,6 +233,17 @@ def test_a_file_that_is_not_a_list_is_refused(tmp_path):
         frame_io.read_list(prose)
     with pytest.raises(FrameError, match="not a list"):
         input_sources([prose])
+    notes = tmp_path / "notes.md"  # a text file where a video is expected: refused at once, in every job
+    notes.write_text("not a video\n")
+    with pytest.raises(FrameError, match="notes.md: a text file, not a video"):
+        input_sources([notes])
+    with pytest.raises(FrameError, match="notes.md: a text file, not a video"):
+        predict.check_inputs(predict.parse_args([str(notes)]))
+    with pytest.raises(FrameError, match="notes.md: a text file, not a video"):
+        dense_flow.gather_inputs(dense_flow.parse_args([str(notes), "-o", "out"]))
+    video = tmp_path / "v.mp4"
+    write_video(video)
+    frame_io.refuse_text_file(video)  # a real video passes
 
 
 # ---------------------------------------------------------------------------------------------
