@@ -131,16 +131,16 @@ def add_resize_crop(p: argparse.ArgumentParser, resize_default: int | None, crop
                     with_crop: bool = True) -> None:
     """The one definition of --resize / --crop: one spelling (-resize / --resize), one check
     (0 to MAX_SIZE pixels; 0 keeps the frames / takes the whole frame)."""
-    p.add_argument("-resize", "--resize", type=size_or_zero, default=resize_default,
+    p.add_argument("--resize", "-resize", type=size_or_zero, default=resize_default,
                    help=resize_help or "smaller side of the frames in pixels (0 keeps them)")
     if with_crop:  # dense_flow.py resizes and does not crop
-        p.add_argument("-crop", "--crop", type=size_or_zero if crop_zero_ok else positive_size, default=crop_default,
+        p.add_argument("--crop", "-crop", type=size_or_zero if crop_zero_ok else positive_size, default=crop_default,
                        help=crop_help or "center crop size (0: the whole frame)")
 
 
 def add_device(p: argparse.ArgumentParser, help_extra: str = "") -> None:
     """The one definition of --device (the original -gpu N means cuda:N)."""
-    p.add_argument("-device", "--device", "-gpu", default="auto",
+    p.add_argument("--device", "-device", "-gpu", default="auto",
                    help="auto (cuda if there is one, else cpu), cpu, cuda, cuda:1; -gpu N means cuda:N" + help_extra)
 
 
@@ -148,7 +148,7 @@ def add_precision(p: argparse.ArgumentParser, default: str, why: str, choices: t
     """The one definition of --precision. `why` says why this job's default is what it is; the
     precision that runs and the reason are logged first by start() and kept as
     args.precision / args.precision_reason (for the job's JSON output)."""
-    p.add_argument("-precision", "--precision", choices=choices or PRECISIONS, default=None,
+    p.add_argument("--precision", "-precision", choices=choices or PRECISIONS, default=None,
                    help=f"auto, fp32, bf16 or fp16 (default {default}: {why}); 'auto' is bf16 on a CPU with "
                         f"native bf16 and on CUDA, else fp32")
     p.set_defaults(precision_default=(default, why))
@@ -156,12 +156,12 @@ def add_precision(p: argparse.ArgumentParser, default: str, why: str, choices: t
 
 def add_workers(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
     """The one definition of --workers (0: decode in this process / a thread of it)."""
-    p.add_argument("-workers", "--workers", type=nonneg_int, default=default, help=help)
+    p.add_argument("--workers", "-workers", type=nonneg_int, default=default, help=help)
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
     """The one definition of --threads (torch's threads for the network)."""
-    p.add_argument("-threads", "--threads", type=nonneg_int, default=0,
+    p.add_argument("--threads", "-threads", type=nonneg_int, default=0,
                    help="torch threads for the network (0, the default: OMP_NUM_THREADS if set, else on CPU the "
                         "cores not taken by decode worker processes, at least 1)")
 

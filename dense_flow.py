@@ -269,7 +269,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     if args.workers == 0:
-        parser.error("argument -workers/--workers: 0: must be at least 1")
+        parser.error("argument --workers/-workers: 0: must be at least 1")
     return args
 
 
