@@ -207,7 +207,7 @@ def test_extract_features_full_disk(small_disk, tmp_path, weights_file, fmt):
         assert not (out / "features.h5").exists() and not list(out.glob(".features.h5.*"))
         assert len(list((out / ".pending").glob("*.npz"))) == 3  # kept: the rerun merges them
     small_disk.free_up()
-    r = run("extract_features.py", *args)
+    r = run("extract_features.py", *[a for a in args if a != "-q"])  # -q would hide the INFO line read below
     assert r.returncode == 0, r.stderr[-2000:]
     if fmt == "npy":
         assert sorted(p.name for p in out.glob("*.npy")) == ["A.npy", "B.npy", "C.npy"]
