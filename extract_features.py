@@ -27,14 +27,15 @@ What is computed (per video):
 
 Outputs: SAVE_DIR/KEY.npy (KEY keeps the input's folder structure), or with --format h5 one
 SAVE_DIR/features.h5 (features-K-of-N.h5 per shard), one dataset per video with attributes
-fps, stride, frames, endpoint, mode. Every finished video is first saved atomically as
+fps, stride, frames and the recipe (recipe()). Every finished video is first saved atomically as
 SAVE_DIR/.pending*/KEY.npz (array and attributes in one file); the HDF5 file is rebuilt from
 the previous one plus these in a temporary file (under a lock on SAVE_DIR, after checking the
 free space) and renamed at the end of the run, so a kill at any moment leaves the last good
 HDF5 file and the finished videos' .npz, which the rerun picks up (never recomputed).
 A full disk stops the run with one line (exit status 3); what was finished is kept.
 
-A rerun skips finished videos. A video that fails is named in the log, in SAVE_DIR/failures.txt
+A rerun skips finished videos of the same recipe; one made with another recipe refuses the run
+in one line naming the difference, unless --overwrite recomputes it. A video that fails is named in the log, in SAVE_DIR/failures.txt
 (failures-K-of-N.txt per shard), the others go on, and the exit status is 1.
 --shard K/N (or torchrun's RANK / WORLD_SIZE) takes videos i % N == K of the sorted list.
 """
