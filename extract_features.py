@@ -35,8 +35,9 @@ HDF5 file and the finished videos' .npz, which the rerun picks up (never recompu
 A full disk stops the run with one line (exit status 3); what was finished is kept.
 
 A rerun skips finished videos of the same recipe; one made with another recipe refuses the run
-in one line naming the difference, unless --overwrite recomputes it. A video that fails is named in the log, in SAVE_DIR/failures.txt
-(failures-K-of-N.txt per shard), the others go on, and the exit status is 1.
+in one line naming the difference, unless --overwrite recomputes it. A video that fails is
+named in the log, in SAVE_DIR/failures.txt (failures-K-of-N.txt per shard), the others go on,
+and the exit status is 1.
 --shard K/N (or torchrun's RANK / WORLD_SIZE) takes videos i % N == K of the sorted list.
 """
 from __future__ import annotations
