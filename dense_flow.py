@@ -359,8 +359,8 @@ def collect(results, split: dict[str, dict], out: Path, total: int, quiet: bool)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    inputs = gather_inputs(args)  # before anything else: bad input is one line
     start(args)
-    inputs = gather_inputs(args)
     out = Path(args.out)
     _check_writable(out)
     device = select_device(args.device) if args.method == "tvl1" else torch.device("cpu")

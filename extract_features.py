@@ -411,6 +411,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    k, n = parse_shard(args.shard)  # the inputs and the shard checked before anything else: bad input is one line
+    sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
+    modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
+    paths = {mode: weights.resolve_weights(name) for mode, name in modes}  # a weights typo: one line too
     device = start(args)
     if args.workers is None:
         # TV-L1 from video files runs where decoding does: a worker process, not the network's threads
@@ -418,16 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = max(default_workers(), 1 if flow_from_videos else 0)
     if args.threads or (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ):
         torch.set_num_threads(args.threads or compute_threads(args.workers))
-    k, n = parse_shard(args.shard)
-    sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
     mine = shard(sources, k, n)
     check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
-    modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
     models, recipes = {}, {}
-    for mode, weights_name in modes:  # both loaded first: wrong weights stop the run before anything is written
-        path = weights.resolve_weights(weights_name)
+    for mode, path in paths.items():  # both loaded first: wrong weights stop the run before anything is written
         model = weights.load_model(path, mode=mode, final_endpoint=args.endpoint, device=device)
         models[mode] = model.for_inference(precision=args.precision, device=device)
         recipes[mode] = recipe(args, mode, weights.file_sha256(path))

@@ -529,10 +529,10 @@ def port_table(weights: str | Path = MODELS_DIR / "rgb_scratch.pt", clips: int =
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start(args)
-    for s in args.sets:  # every set checked (exists, is a set) before any is computed
+    for s in args.sets:  # every set checked (exists, is a set) before anything else: one line
         if s.suffix != ".npz":
             list_set(s)
+    start(args)
     protocol = dict(weights=args.weights, frames=args.frames, clips=args.clips, seed=args.seed,
                     resize="none" if args.no_resize else args.resize_method, rescale=not args.no_rescale,
                     precision=args.precision, device=args.device, batch_size=args.batch_size, workers=args.workers,

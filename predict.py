@@ -106,11 +106,14 @@ def input_size(args: argparse.Namespace) -> tuple[int | None, int, str]:
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """Every INPUT and --flow-input exists, before any model is loaded (exit 2 otherwise)."""
+    """The weights and every INPUT and --flow-input exist, before anything else (exit 2 otherwise)."""
     for p in [*args.inputs, *(args.flow_input or [])]:
         if not p.exists():
             raise UserError(f"{p}: no such video file or frame folder")
         frame_io.refuse_text_file(p)
+    for w in (args.weights, args.flow_weights):
+        if w is not None:
+            weights_mod.resolve_weights(w)  # a missing file or a typo in a name: one line
 
 
 def top_k(logits: torch.Tensor, labels: list[str], k: int) -> dict:
@@ -155,8 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_inputs(args)  # before anything else: bad input is one line
     device = start(args)
-    check_inputs(args)
     resize, crop, size_from = input_size(args)
     log.info("input: smaller side %s, center crop %d (%s)", "by the Charades rule" if resize is None else resize,
              crop, "--resize/--crop" if args.resize is not None and args.crop is not None else size_from)

@@ -146,7 +146,7 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
         "empty": f"{tmp_path / 'empty.mp4'}: unreadable video",
         "not_a_video": f"{tmp_path / 'text.mp4'}: unreadable video",
         "flow_weights": f"{tmp_path / 'flow.pt'}: these are flow weights (2 input channels); mode rgb needs 3",
-        "precision": "argument --precision: invalid choice: 'fp8'",
+        "precision": "argument --precision/-precision: invalid choice: 'fp8'",
         "weights_name": "unknown weights 'no_such_weights'; one of rgb_scratch, ",
     }[case]
     assert errors and expected in errors[0], r.stderr
