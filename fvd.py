@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = dict(weights=args.weights, frames=args.frames, clips=args.clips, seed=args.seed,
                     resize="none" if args.no_resize else args.resize_method, rescale=not args.no_rescale,
                     precision=args.precision, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                    skip_bad=args.skip_bad)
+                    skip_bad=args.skip_bad, progress=not args.quiet)
     needs_model = any(s.suffix != ".npz" for s in args.sets)
     ext = Extractor(**protocol) if needs_model else None
     stats = [ext.statistics(s) if ext else Stats.load(s) for s in args.sets]

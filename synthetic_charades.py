@@ -78,14 +78,14 @@ def render_video(rng: np.random.Generator, num_classes: int, num_frames: int, he
 
 
 def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frames: int = 48, size: int = 128,
-                  flow: bool = False, test_fraction: float = 0.3, seed: int = 0) -> Path:
+                  flow: bool = False, test_fraction: float = 0.3, seed: int = 0, progress: bool = True) -> Path:
     """Render the dataset into `out`; returns the path of its charades.json."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     height, width = size, int(round(size * 1.25))
     annotations = {}
     n_test = max(1, int(round(videos * test_fraction)))
-    for i in tqdm(range(videos), desc="rendering", unit="video"):
+    for i in tqdm(range(videos), desc="rendering", unit="video", disable=not progress):
         vid = f"SYN{i:04d}"
         n = int(rng.integers(max(8, frames * 3 // 4), frames + 1))
         rgb, motion, actions = render_video(rng, num_classes, n, height, width, object_size=max(8, size // 4))
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     start(args)
     if args.videos < 2 or args.classes < 1 or args.frames < 8 or args.size < 32:
         p.error("need --videos >= 2, --classes >= 1, --frames >= 8, --size >= 32")
-    write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed)
+    write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed,
+                  progress=not args.quiet)
     return 0
 
 

@@ -442,7 +442,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
     log.info("training %s on %s: %d clips, %d per batch x %d accumulated x %d processes per step, steps %d -> %d",
              args.mode, device, len(dataset), args.batch_size, args.accum, world_size, step, args.max_steps)
     accum_pos, sums = 0, torch.zeros(3, dtype=torch.float64)
-    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank, dynamic_ncols=True)
+    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank or getattr(args, "quiet", False),
+                    dynamic_ncols=True)
     with StopFlag() as stop:
         while step < args.max_steps:
             dataset.set_epoch(epoch)

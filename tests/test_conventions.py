@@ -406,3 +406,15 @@ def test_fvd_records_its_precision_and_code_version(tmp_path):
     if cpu_supports_bf16():
         ext = fvd.Extractor(weights=w, precision="bf16", device="cpu", workers=0, progress=False)
         assert ext.protocol["precision"] == "bf16" and ext.protocol["reference_precision"] is False
+
+
+@pytest.mark.slow
+def test_quiet_scripts_print_nothing_on_success(tmp_path):
+    """-q: nothing on stderr when all goes well (no progress bar, no INFO, no library warning)."""
+    video = tmp_path / "v.mp4"
+    write_video(video)
+    for argv in (["synthetic_charades.py", str(tmp_path / "syn"), "--videos", "2", "--frames", "8", "--size", "32"],
+                 ["dense_flow.py", str(video), "-o", str(tmp_path / "flow"), "--method", "farneback", "--workers", "1"]):
+        r = subprocess.run([PY, str(ROOT / argv[0]), *argv[1:], "-q"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=300)
+        assert r.returncode == 0 and r.stderr == "", (argv[0], r.stderr[-2000:])
