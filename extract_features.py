@@ -130,12 +130,14 @@ def recipe(args: argparse.Namespace, mode: str, weights_sha256: str) -> dict:
          "ten_crop": bool(args.ten_crop), "precision": args.precision, "weights_sha256": weights_sha256}
     if mode == "flow" and args.input is not None:  # flow computed from video files
         r.update(flow_resize=int(args.flow_resize), flow_jpeg=bool(args.flow_jpeg))
+    if getattr(args, "centered", False):  # only when set, so outputs made before --centered keep resuming
+        r["centered"] = True
     return r
 
 
 NOT_COMPARED = ("code_version",)
 RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
-               "weights_sha256", "flow_resize", "flow_jpeg")
+               "weights_sha256", "flow_resize", "flow_jpeg", "centered")
 
 
 def recipe_difference(stored: dict, wanted: dict) -> str | None:

@@ -102,3 +102,12 @@ def test_centered_cli_both_streams_concat_fps_h5(tmp_path):
     with h5py.File(tmp_path / "h5" / "rgb" / "features.h5", "r") as f:
         np.testing.assert_allclose(f["clip"][()], rgb, rtol=0, atol=1e-5 * max(1.0, float(np.abs(rgb).max())))
         assert list(f["clip"].attrs["window_center_frame"]) == list(range(10))
+
+
+def test_centered_is_part_of_the_recipe():
+    """A --centered run into a SAVE_DIR of plain --stack N --step 1 outputs is another recipe."""
+    base = ["-load_model", "x.pt", "--input", "v", "-save_dir", "o", "--stack", "21", "--step", "1"]
+    plain, centered = ef.parse_args(base), ef.parse_args([*base, "--centered"])
+    assert "centered" not in ef.recipe(plain, "rgb", "")  # older outputs keep resuming
+    assert ef.recipe_difference(ef.recipe(plain, "rgb", ""), ef.recipe(centered, "rgb", "")) == \
+        "centered not recorded (an older version made it), True asked"
