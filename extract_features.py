@@ -74,7 +74,8 @@ log = logging.getLogger(__name__)
 def _new_state(args: argparse.Namespace, model: torch.nn.Module, run: Callable, mode: str, device: torch.device,
                total: int, batcher: WindowBatcher | None = None):
     if args.stack:
-        return WindowStacker(run, args.stack, args.step or args.stack, args.batch_windows, batcher)
+        return WindowStacker(run, args.stack, args.step or args.stack, args.batch_windows, batcher,
+                             centered=args.centered)
     return VideoStream(model, total, device, args.endpoint, "pooled" if args.endpoint == "Mixed_5c" else "mean", mode,
                        args.crop if args.ten_crop else 0, args.chunk_frames)
 
@@ -96,6 +97,14 @@ def window_times(n: int, frames: int, fps: float, args: argparse.Namespace, endp
     Mixed_5c step j (stride 8, then the time pool of 2) frames [8j, 8j + 16); another endpoint's
     step j frames [s*j, s*j + s). Ends are clipped to the frame count; seconds = frame / fps,
     left out where the fps is unknown (frame folders)."""
+    if args.stack and args.centered:  # window t: frames t - N//2 .. t + (N-1)//2, ends clipped (padded by repetition)
+        centers = list(range(n))
+        out = {"window_center_frame": centers, "window_start_frame": [max(0, t - args.stack // 2) for t in centers],
+               "window_end_frame": [min(frames, t + (args.stack - 1) // 2 + 1) for t in centers]}
+        if fps == fps and fps > 0:
+            out.update({f"window_{k}_s": [round(t / fps, 6) for t in out[f"window_{k}_frame"]]
+                        for k in ("center", "start", "end")})
+        return out
     if args.stack:
         step, width = args.step or args.stack, args.stack
     else:
@@ -121,12 +130,14 @@ def recipe(args: argparse.Namespace, mode: str, weights_sha256: str) -> dict:
          "ten_crop": bool(args.ten_crop), "precision": args.precision, "weights_sha256": weights_sha256}
     if mode == "flow" and args.input is not None:  # flow computed from video files
         r.update(flow_resize=int(args.flow_resize), flow_jpeg=bool(args.flow_jpeg))
+    if getattr(args, "centered", False):  # only when set, so outputs made before --centered keep resuming
+        r["centered"] = True
     return r
 
 
 NOT_COMPARED = ("code_version",)
 RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
-               "weights_sha256", "flow_resize", "flow_jpeg")
+               "weights_sha256", "flow_resize", "flow_jpeg", "centered")
 
 
 def recipe_difference(stored: dict, wanted: dict) -> str | None:
@@ -359,6 +370,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--endpoint", default="Mixed_5c", choices=CONV_ENDPOINTS)
     p.add_argument("--stack", type=nonneg_int, default=0, help="frames per window (0: whole video)")
     p.add_argument("--step", type=nonneg_int, default=0, help="frames between window starts (default: --stack)")
+    p.add_argument("--centered", action="store_true",
+                   help="with --stack N --step 1: one row per frame, window t centred on frame t (frames "
+                        "t-N//2 .. t+(N-1)//2, the ends padded by repeating the first/last frame, as MS-TCN)")
     p.add_argument("--ten-crop", action="store_true", help="10 crops (corners, center, flips) on a crop axis")
     add_resize_crop(p, resize_default=None,
                     resize_help="smaller side to N pixels (0 keeps); default: the Charades rule (upscale if under "
@@ -402,6 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--keep-flow needs -mode flow or both on --input videos")
     if args.stack < 0 or args.step < 0 or (args.step and not args.stack):
         p.error("--step needs --stack; both positive")
+    if args.centered and not (args.stack and args.step == 1):
+        p.error("--centered needs --stack N --step 1 (one window per frame)")
     if args.ten_crop and not args.crop:
         p.error("--ten-crop needs a --crop size")
     if args.chunk_frames < 8:
