@@ -15,7 +15,7 @@ import torch
 
 import extract_features as ef
 import frame_io
-from charades_dataset_full import StreamingVideoDataset, VideoSource
+from charades_dataset_full import StreamingVideoDataset, VideoSource, input_sources
 import benchmark
 import feature_store
 import streaming
@@ -252,13 +252,16 @@ def test_input_nested_same_names_with_workers_and_shards(tmp_path, weights_file)
     lst = tmp_path / "list.txt"
     lst.write_text(f"{tmp_path / 'v' / 'a' / 'clip.mp4'}\n{tmp_path / 'v' / 'b'}\n{frames_dir}\n")
     common = ["-load_model", weights_file, "--input", lst, "--resize", "0", "--crop", "32", "-q"]
-    out = tmp_path / "out"
-    assert run_cli(*common, "-save_dir", out, "--workers", "2", "--shard", "0/2") == 0
-    assert run_cli(*common, "-save_dir", out, "--workers", "0", "--shard", "1/2") == 0
-    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
-    assert got == ["a/clip.npy", "b/clip.npy", "b/deeper/clip.npy", "c/clip.npy"]
-    assert np.load(out / "c" / "clip.npy").shape == (1, 1, 1, 1024)
-    assert not np.allclose(np.load(out / "a" / "clip.npy"), np.load(out / "b" / "clip.npy"))
+    outs = [tmp_path / "out0", tmp_path / "out1"]  # one folder per shard: each shows what it took
+    assert run_cli(*common, "-save_dir", outs[0], "--workers", "2", "--shard", "0/2") == 0
+    assert run_cli(*common, "-save_dir", outs[1], "--workers", "0", "--shard", "1/2") == 0
+    got = [{p.relative_to(o).as_posix() for p in o.rglob("*.npy")} for o in outs]
+    assert got[0] and got[1] and not got[0] & got[1]  # each shard does its part, none does another's
+    assert sorted(got[0] | got[1]) == ["a/clip.npy", "b/clip.npy", "b/deeper/clip.npy", "c/clip.npy"]
+    assert got[0] == {s.key + ".npy" for s in feature_store.shard(input_sources([lst]), 0, 2)}
+    feats = {k: np.load(o / k) for o, g in zip(outs, got) for k in g}
+    assert feats["c/clip.npy"].shape == (1, 1, 1, 1024)
+    assert not np.allclose(feats["a/clip.npy"], feats["b/clip.npy"])
 
 
 @pytest.mark.slow
@@ -365,6 +368,27 @@ def test_ten_crop_and_flow_flip(model5c):
     assert_close(got[5].numpy(), ref)
 
 
+@pytest.mark.slow
+def test_cli_ten_crop_and_endpoint(tmp_path, weights_file):
+    """--ten-crop --endpoint Mixed_4f from the command line: (10, T_E, 832), crop k the
+    endpoint's map of that crop averaged over space (4: the center crop, 9: its mirror)."""
+    import weights
+
+    root = tmp_path / "root"
+    make_charades(root, "A", 16, h=40, w=48)
+    assert run_cli("-load_model", weights_file, "-root", root, "-save_dir", tmp_path / "out", "--resize", "0",
+                   "--crop", "32", "--ten-crop", "--endpoint", "Mixed_4f", "--workers", "0", "-q") == 0
+    out = np.load(tmp_path / "out" / "A.npy")
+    assert out.shape == (10, 4, 832)
+    model = weights.load_model(weights_file, mode="rgb")
+    frames = frame_io.center_crop(frame_io.load_charades_frames(root, "A", 1, 16, resize=0), 32)
+    for k, clip in ((4, frames), (9, frames[:, :, ::-1].copy())):
+        with torch.no_grad():
+            ref = model(frames_to_input(clip), return_endpoints=True)[1]["Mixed_4f"][0].mean(dim=(2, 3)).T.numpy()
+        assert_close(out[k], ref)
+    assert not np.allclose(out[4], out[9], atol=1e-3)
+
+
 def test_streaming_dataset_pieces(tmp_path):
     root = tmp_path / "root"
     make_charades(root, "A", 70, h=30, w=40)
@@ -459,10 +483,16 @@ def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
     flow_w = tmp_path / "flow.pt"
     torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
     out = tmp_path / "out"
-    assert run_cli("-mode", "both", "-load_model", weights_file, "--flow-model", flow_w, "-root", root,
-                   "-save_dir", out, "--resize", "0", "--crop", "32", "--workers", "0", "-q") == 0
+    common = ["-root", root, "--resize", "0", "--crop", "32", "--workers", "0", "-q"]
+    assert run_cli("-mode", "both", "-load_model", weights_file, "--flow-model", flow_w, "-save_dir", out, *common) == 0
     rgb, flow = np.load(out / "rgb" / "A.npy"), np.load(out / "flow" / "A.npy")
     assert rgb.shape == flow.shape == (1, 1, 1, 1024) and not np.allclose(rgb, flow)
+    # each stream of -mode both is what that stream alone gives: RGB from the RGB frames and
+    # weights, flow from the x/y frames and the flow weights
+    assert run_cli("-mode", "rgb", "-load_model", weights_file, "-save_dir", tmp_path / "rgb", *common) == 0
+    assert run_cli("-mode", "flow", "-load_model", flow_w, "-save_dir", tmp_path / "flow", *common) == 0
+    np.testing.assert_array_equal(rgb, np.load(tmp_path / "rgb" / "A.npy"))
+    np.testing.assert_array_equal(flow, np.load(tmp_path / "flow" / "A.npy"))
 
 
 def test_split_file_selects_videos(tmp_path, weights_file):
