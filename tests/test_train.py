@@ -342,3 +342,21 @@ def test_plot_writes_the_curves_of_the_log(tiny, tmp_path):
     left = img[:, :550]
     coloured = (left.max(axis=2) - left.min(axis=2)) > 60  # the lines; axes and text are gray
     assert coloured.sum() > 300
+
+
+@pytest.mark.parametrize("size,batch", [(12, 2), (9, 2), (7, 3)])
+def test_two_ranks_see_the_clips_of_one_process_with_accum_2(size, batch):
+    """torchrun with 2 processes and --accum 1 against 1 process with --accum 2, same
+    --batch-size: every optimizer step trains on the same clips (the README's "same clips per
+    step"; which clips share a BatchNorm batch and the dropout masks differ, so the weights are
+    close, not equal). Epochs too: the same clips, wrapped the same way."""
+    one = train_i3d.EpochSampler(size, seed=4)
+    ranks = [train_i3d.EpochSampler(size, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        for s in (one, *ranks):
+            s.set_epoch(epoch)
+        single = np.resize(list(one), len(ranks[0]) * 2)  # padded by wrapping, as the ranks are
+        shares = [list(r) for r in ranks]
+        for step in range(len(shares[0]) // batch):
+            two_ranks = sorted(x for share in shares for x in share[step * batch:(step + 1) * batch])
+            assert two_ranks == sorted(single[2 * step * batch:2 * (step + 1) * batch].tolist()), (epoch, step)
