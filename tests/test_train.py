@@ -315,8 +315,8 @@ def test_amp_on_a_cpu_without_bf16_is_refused_before_writing(tiny, tmp_path, mon
 @pytest.mark.slow
 @pytest.mark.bf16
 def test_amp_on_a_bf16_cpu_trains_close_to_fp32(tiny, tmp_path):
-    """--amp on a CPU with bf16: autocast in bf16 really runs (the losses are not fp32's to the
-    bit) and trains: the loss falls as in fp32 and stays near it (8.5 % apart measured on this
+    """--amp on a CPU with bf16: autocast in bf16 really runs (the losses move by more than float32
+    noise) and trains: the loss falls as in fp32 and stays near it (8.5 % apart measured on this
     randomly initialised model; 15 % allowed)."""
     losses = {}
     for name, extra in (("fp32", []), ("amp", ["--amp"])):
@@ -324,7 +324,9 @@ def test_amp_on_a_bf16_cpu_trains_close_to_fp32(tiny, tmp_path):
                                         *extra)) == 0
         losses[name] = np.array([float(r["loss"]) for r in read_csv(tmp_path / name / "m_log.csv")])
     assert len(losses["amp"]) == 2 and np.all(np.isfinite(losses["amp"]))
-    assert not np.array_equal(losses["amp"], losses["fp32"])
+    # bf16 rounding, not float32 noise (--amp also turns on channels-last, which alone moves the
+    # losses by ~1e-6)
+    assert np.abs(losses["amp"] / losses["fp32"] - 1).max() > 1e-3, losses
     assert losses["amp"][1] < losses["amp"][0] and losses["fp32"][1] < losses["fp32"][0], losses
     np.testing.assert_allclose(losses["amp"], losses["fp32"], rtol=0.15, err_msg=str(losses))
 
