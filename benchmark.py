@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 import frame_io
-import fvd
+from fvd_metric import FVDMetric, preprocess
 import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import run_main, setup_logging
+from cli import add_device, add_verbosity, run_main, start
 from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from pytorch_i3d import InceptionI3d
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
@@ -228,11 +228,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-repeat", "--repeat", type=int, default=5, help="timed runs per path (median taken)")
     p.add_argument("-frames", "--frames", type=int, default=64, help="clip length in frames")
     p.add_argument("-size", "--size", type=int, default=224, help="clip height and width")
-    p.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_device(p)
     p.add_argument("--random-weights", action="store_true",
                    help=f"random-init weights even when {REAL_WEIGHTS.relative_to(MODELS_DIR.parent)} exists")
+    p.add_argument("--fvd-clips", type=int, default=2048, help="clips per size in the fvd section")
     p.add_argument("-json", "--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
@@ -246,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    start(args)
     rows: list[dict] = []
     skipped: list[str] = []
     failed: list[str] = []
@@ -563,36 +564,37 @@ def benchmark_loading(args=None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# FVD (fvd.py): throughput against a plain per-video eager loop, and how the common ports differ
+# FVD: the in-loop metric's throughput against a plain per-clip eager loop
 # ----------------------------------------------------------------------------------------------
 
 def benchmark_fvd(args: argparse.Namespace) -> list[dict]:
-    """Videos/s of fvd.py's path (DataLoader decode workers, for_inference fp32, equal-shape
-    batches) against a plain loop (eager InceptionI3d, one video at a time, preprocessing in
-    the same process), both on the same N videos of 16 frames 64x64 (.npy, resized to 224)."""
-    device = select_device(args.device)
-    n, t = 8, 16
+    """FVDMetric against a plain eager per-clip loop, --fvd-clips clips of 16 frames made batch by batch."""
+    device, n, t, batch, rows = select_device(args.device), _bench_arg(args, "fvd_clips", 2048), 16, 16, []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "videos.npy"
-        np.save(data, np.random.default_rng(0).integers(0, 256, (n, t, 64, 64, 3), dtype=np.uint8))
         weights = _weights_file(args, Path(tmp), 400)
-        ext = fvd.Extractor(weights=weights, device=device, batch_size=4, workers=2, progress=False)
-        eager = load_model(weights, mode="rgb", device=device)
+        metric, eager = FVDMetric(weights, device=device), load_model(weights, mode="rgb", device=device)
+        for side in (64, 256):
+            def batches() -> Iterator[torch.Tensor]:  # the same clips in both paths
+                return (torch.randint(0, 256, (min(batch, n - k), t, side, side, 3), dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(k)) for k in range(0, n, batch))
+            @torch.inference_mode()
+            def plain() -> np.ndarray:
+                return np.concatenate([eager(preprocess(v)[None].to(device)).mean(2).double().cpu().numpy()
+                                       for b in batches() for v in b])
+            def ours() -> np.ndarray:
+                metric.reset()
+                for b in batches():
+                    metric.update(b, real=True)
+                return torch.cat(metric.real_features).numpy()
 
-        @torch.inference_mode()
-        def plain() -> np.ndarray:
-            return np.concatenate([eager(fvd.preprocess(v)[None].to(device)).mean(2).double().cpu().numpy()
-                                   for v in np.load(data)])
-
-        medians = time_round_robin({"plain": plain, "fvd": lambda: ext.features(data)}, max(1, min(args.repeat, 3)),
-                                   device)
-        diff = float(np.abs(plain() - ext.features(data)[0]).max())
-    base = "plain eager InceptionI3d, one video at a time"
-    note = f"{n} videos x {t} frames 64x64 -> 224, max |logit diff| {diff:.2e}"
-    return [{"section": "fvd", "row": base, "unit": "videos/s", "value": n / medians["plain"], "baseline_row": base,
-             "baseline_value": n / medians["plain"], "note": note},
-            {"section": "fvd", "row": "fvd.py (workers, for_inference fp32, batches of 4)", "unit": "videos/s",
-             "value": n / medians["fvd"], "baseline_row": base, "baseline_value": n / medians["plain"], "note": note}]
+            medians = time_round_robin({"plain": plain, "ours": ours}, max(1, min(args.repeat, 3)), device)
+            ref = plain()
+            note = f"{n} clips x {t} frames {side}x{side} -> 224, max rel diff {np.abs(ref - ours()).max() / np.abs(ref).max():.1e}"
+            base = f"plain eager InceptionI3d, one clip at a time, {side}x{side}"
+            rows += [{"section": "fvd", "row": name, "unit": "clips/s", "value": n / medians[key], "note": note,
+                      "baseline_row": base, "baseline_value": n / medians["plain"]} for name, key in
+                     ((base, "plain"), (f"FVDMetric (for_inference fp32, batches of {batch}), {side}x{side}", "ours"))]
+    return rows
 
 
 if __name__ == "__main__":

@@ -46,10 +46,8 @@ import numpy as np
 
 import atomic_io
 from charades_metrics import LOCALIZE_POINTS, evaluate
-from runtime import select_device
-from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int,
-                 run_main, setup_logging)
-from fast_i3d import PRECISIONS
+from cli import (add_allow_gaps, add_data_args, add_device, add_precision, add_verbosity, add_workers, keep_freed_memory,
+                 positive_int, run_main, start)
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="two streams: average the per-frame probabilities (default) or the logits")
     p.add_argument("--subset", choices=("training", "testing"), default="testing")
     add_data_args(p)  # --clip-frames, --crop, --resize: training's flags and defaults
-    p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default, exact); bf16/fp16 faster")
-    p.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
-                   help="threads decoding frames ahead of the network (0: none)")
+    add_device(p)
+    add_precision(p, "fp32", "mAP as the reference computes it; bf16/fp16 are faster")
+    add_workers(p, min(4, os.cpu_count() or 1), "threads decoding frames ahead of the network (0: none)")
     p.add_argument("--max-videos", type=positive_int, default=None, help="only the first N videos (sorted), for a quick look")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--submission", type=Path, default=None,
                    help="also write the official submission files PREFIX_classify.txt / PREFIX_localize.txt")
     add_allow_gaps(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if (args.flow_model is None) != (args.flow_root is None):
         p.error("--flow-model and --flow-root go together")
@@ -110,9 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    apply_allow_gaps(args.allow_gaps)
-    device = select_device(args.device)
+    device = start(args)
     result = evaluate(args.load_model, args.split, args.root, args.mode, subset=args.subset,
                       flow_model=args.flow_model, flow_root=args.flow_root, fusion=args.fusion,
                       resize=args.resize, crop=args.crop, clip_frames=args.clip_frames, device=device, precision=args.precision,
@@ -122,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_submission(args.submission, result):
             log.info("wrote %s", path)
     summary = {k: v for k, v in result.items() if not isinstance(v, np.ndarray) and k != "vids"}
+    summary.update(precision=args.precision, precision_reason=args.precision_reason)
     if args.json:  # strict JSON: an undefined mAP (no class with a positive) is null, not NaN
         print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}))
     else:

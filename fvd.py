@@ -4,11 +4,21 @@
     python fvd.py SET_A SET_B --json                # {"fvd": ..., "protocol": {...}, ...}
     python fvd.py SET_A --save-stats a.npz          # statistics only, to compare later
     python fvd.py a.npz SET_B --frames 16 --clips 4 --seed 0
+    python fvd.py real/ --protocol fvd2048_16f --save-stats real.npz   # StyleGAN-V's sampling, once
+    python fvd.py real.npz gen/ --protocol fvd2048_16f --kvd            # + KVD, against any generated set
+    python fvd.py real/ gen/ --num-clips 512 --frames 16 --stride 2 --seed 1
     python -m torch.distributed.run --nproc_per_node 2 fvd.py SET_A SET_B   # ranks split each set
 
 A set is a folder of videos (and/or frame folders), a text file listing videos or frame
 folders (one per line, relative to the file's folder), a .npy array (N, T, H, W, 3) of uint8
-0..255 or float 0..1, or a statistics .npz written by --save-stats.
+0..255 or float 0..1, or a statistics .npz written by --save-stats (mean, covariance, every
+clip's features, how many clips and videos, the protocol as JSON).
+
+Sampling: every frame of every video (default); --frames F the first F; --clips K K random
+clips per video; --num-clips N N clips over the set (videos uniformly at random, reused only
+when N exceeds them, a seeded random start per clip); --stride S takes every S-th frame.
+--protocol names StyleGAN-V's presets. Two sets (or statistics files) are compared only when
+their protocols agree (weights, frames, stride, preset, resize, rescale).
 
 The reference protocol (google-research `frechet_video_distance` with the TF-Hub module
 i3d-kinetics-400, which holds DeepMind's rgb_scratch weights), the default here:
@@ -33,71 +43,27 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import keep_freed_memory, run_main, setup_logging
+from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
+                 run_main, start)
 from atomic_io import atomic_write
-from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames
+from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
+from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
+                        frechet_distance, kernel_distance, preprocess, resize_tf1)
 from fast_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 
 logger = logging.getLogger(__name__)
 
-SIZE = 224
-RESIZE_METHODS = ("tf1", "torch", "none")
-MIN_FRAMES = 9      # fewer frames leave the reference's (2, 7, 7) VALID average pool nothing to pool
-# Protocol entries that must agree between two sets (clips, seed and precision may differ).
-COMPARED = ("weights_sha256", "frames", "resize", "size", "rescale", "features", "covariance")
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing
-# ----------------------------------------------------------------------------------------------
-
-def _tf1_axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TF1 resize_bilinear's source taps on one axis: src = dst * in / out (no half-pixel
-    offset), low = floor(src), high = min(low + 1, in - 1), weight = src - low."""
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out  # float32 division, as TF's kernel
-    src = torch.arange(n_out, dtype=torch.float32) * scale
-    low = src.floor().long().clamp(max=n_in - 1)
-    high = (low + 1).clamp(max=n_in - 1)
-    return low, high, src - low.float()
-
-
-def resize_tf1(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W, C) float32 -> (T, h, w, C) as TF1 `tf.image.resize_bilinear` with its defaults:
-    interpolate along x in the two source rows, then along y, in float32."""
-    x0, x1, wx = _tf1_axis(frames.shape[2], size[1])
-    y0, y1, wy = _tf1_axis(frames.shape[1], size[0])
-    wx, wy = wx.view(1, 1, -1, 1), wy.view(1, -1, 1, 1)
-    top, bottom = frames[:, y0], frames[:, y1]
-    top = top[:, :, x0] + (top[:, :, x1] - top[:, :, x0]) * wx
-    bottom = bottom[:, :, x0] + (bottom[:, :, x1] - bottom[:, :, x0]) * wx
-    return top + (bottom - top) * wy
-
-
-def preprocess(frames: np.ndarray | torch.Tensor, resize: str = "tf1", rescale: bool = True,
-               size: int = SIZE) -> torch.Tensor:
-    """(T, H, W, 3) uint8 0..255 or float 0..1 -> (3, T, size, size) float32 model input.
-    Floats are brought to 0..255 first, so both kinds follow the reference's arithmetic."""
-    x = torch.tensor(np.asarray(frames))  # a copy: memmap slices are read-only
-    is_float = x.is_floating_point()
-    x = x.float()
-    if is_float and rescale:
-        x = x * 255.0
-    if resize == "tf1":
-        x = resize_tf1(x, (size, size))
-    elif resize == "torch":  # what torchvision's resize does on tensors (antialiased bilinear)
-        x = F.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True).permute(0, 2, 3, 1)
-    elif resize != "none":
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_METHODS)}, got {resize!r}")
-    if rescale:
-        x = 2.0 * x / 255.0 - 1.0
-    return x.permute(3, 0, 1, 2).contiguous()
+# Protocol entries that must agree between two sets (clip count, seed and precision may differ).
+COMPARED = ("weights_sha256", "frames", "stride", "protocol", "resize", "size", "rescale", "features", "covariance")
+# StyleGAN-V's metrics (src/metrics/metric_main.py): 2048 clips per set of F frames, S apart.
+PROTOCOLS = {"fvd2048_16f": dict(num_clips=2048, frames=16, stride=1),
+             "fvd2048_128f": dict(num_clips=2048, frames=128, stride=1),
+             "fvd2048_128f_subsample8f": dict(num_clips=2048, frames=16, stride=8)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,8 +88,10 @@ def list_set(spec: str | Path) -> tuple[str, Any]:
             raise UserError(f"{p}: a single frame folder is one video; a set is a folder of videos or frame folders")
         items = sorted(f for f in p.iterdir() if (f.is_file() and is_video_file(f)) or _is_frame_folder(f))
     else:
-        lines = [s.strip() for s in p.read_text().splitlines()]
-        items = [(p.parent / s) for s in lines if s and not s.startswith("#")]
+        try:
+            items = read_list(p)  # relative to the list file; README.md is not a list
+        except FrameError as e:
+            raise UserError(str(e)) from None
     return "files", items
 
 
@@ -139,14 +107,28 @@ def _open_npy(path: Path) -> np.ndarray:
     return arr
 
 
+def sample_plan(videos: int, num_clips: int, seed: int) -> dict[int, list[int]]:
+    """--num-clips N over a set of V videos: clip k comes from video perm[k % V], perm a seeded
+    permutation, so N <= V clips take N different videos (uniformly at random) and N > V reuse
+    each video N // V or N // V + 1 times. -> {video index: [clip ids]}."""
+    perm = np.random.default_rng([seed, 0]).permutation(videos)
+    plan: dict[int, list[int]] = {}
+    for k in range(num_clips):
+        plan.setdefault(int(perm[k % videos]), []).append(k)
+    return plan
+
+
 class VideoSet(torch.utils.data.Dataset):
     """Items i of a set (those given in `indices`), each decoded, cut into clips and preprocessed
-    in a DataLoader worker: -> (i, name, (K, 3, T, 224, 224) tensor or None, error or None)."""
+    in a DataLoader worker: -> (i, name, (K, 3, T, 224, 224) tensor or None, error or None).
+    A clip is `frames` frames `stride` apart; with a `plan` (sample_plan) item i gives the clips
+    plan[i], clip k from a start drawn with the seed (seed, 1, k), so the same on any rank."""
 
     def __init__(self, kind: str, source: Any, indices: Sequence[int], frames: int | None, clips: int | None, seed: int,
-                 resize: str, rescale: bool):
+                 resize: str, rescale: bool, stride: int = 1, plan: dict[int, list[int]] | None = None):
         self.kind, self.source, self.indices = kind, source, list(indices)
         self.frames, self.clips, self.seed, self.resize, self.rescale = frames, clips, seed, resize, rescale
+        self.stride, self.plan = stride, plan
         self._arr: np.ndarray | None = None  # opened lazily in each worker (a memmap does not pickle cheaply)
 
     def __len__(self) -> int:
@@ -160,12 +142,18 @@ class VideoSet(torch.utils.data.Dataset):
     def _starts(self, i: int, total: int, name: str) -> list[int]:
         if self.frames is None:
             return [0]
-        if total < self.frames:
-            raise FrameError(f"{name}: {total} frames, fewer than --frames {self.frames}")
+        span = (self.frames - 1) * self.stride + 1
+        if total < span:
+            need = f"--frames {self.frames}"
+            if self.stride > 1:
+                need += f" --stride {self.stride} (a span of {span})"
+            raise FrameError(f"{name}: {total} frames, fewer than {need}: not one clip fits")
+        if self.plan is not None:
+            return [int(np.random.default_rng([self.seed, 1, k]).integers(0, total - span + 1)) for k in self.plan[i]]
         if self.clips is None:  # --frames N alone: the first N frames
             return [0]
         rng = np.random.default_rng([self.seed, i])  # the same clips whatever the rank or worker
-        return sorted(int(s) for s in rng.integers(0, total - self.frames + 1, size=self.clips))
+        return sorted(int(s) for s in rng.integers(0, total - span + 1, size=self.clips))
 
     def _clips_of(self, i: int) -> list[np.ndarray]:
         name = self.name(i)
@@ -173,7 +161,10 @@ class VideoSet(torch.utils.data.Dataset):
             if self._arr is None:
                 self._arr = _open_npy(self.source)
             video = self._arr[i]
-            return [np.asarray(video[s:s + (self.frames or len(video))]) for s in self._starts(i, len(video), name)]
+            if self.frames is None:
+                return [np.asarray(video)]
+            return [np.asarray(video[s:s + (self.frames - 1) * self.stride + 1:self.stride])
+                    for s in self._starts(i, len(video), name)]
         path = Path(self.source[i])
         if self.frames is None:
             return [np.stack(list(iter_frames(path)))]
@@ -185,7 +176,7 @@ class VideoSet(torch.utils.data.Dataset):
         wanted: dict[int, list[int]] = {}
         starts = self._starts(i, total, name)
         for k, s in enumerate(starts):
-            for t in range(s, s + self.frames):
+            for t in range(s, s + (self.frames - 1) * self.stride + 1, self.stride):
                 wanted.setdefault(t, []).append(k)
         out: list[list[np.ndarray]] = [[] for _ in starts]
         for t, frame in enumerate(iter_frames(path)):  # second pass keeps only the clips' frames
@@ -225,46 +216,31 @@ class VideoSet(torch.utils.data.Dataset):
 class Stats:
     mu: np.ndarray                      # (400,) float64
     sigma: np.ndarray                   # (400, 400) float64, N-1
-    n: int
+    n: int                              # clips
     protocol: dict
     skipped: list[str] = field(default_factory=list)
+    videos: int | None = None           # distinct videos the clips came from (None: a file from before it was kept)
+    features: np.ndarray | None = None  # (n, 400) float64, for --kvd
 
     def save(self, path: str | Path) -> None:
+        extra = {} if self.features is None else {"features": self.features}
         with atomic_write(path, suffix=".tmp.npz") as tmp:
-            np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), protocol=json.dumps(self.protocol))
+            np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), videos=np.int64(self.videos or -1),
+                     protocol=json.dumps(self.protocol), **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["mu"], z["sigma"], int(z["n"]), json.loads(str(z["protocol"])))
+                videos = int(z["videos"]) if "videos" in z and int(z["videos"]) >= 0 else None
+                feats = z["features"] if "features" in z else None
+                return cls(z["mu"], z["sigma"], int(z["n"]), json.loads(str(z["protocol"])), [], videos, feats)
         except (KeyError, ValueError, OSError) as e:
             raise UserError(f"{path}: not statistics written by fvd.py --save-stats ({e.__class__.__name__})") from e
 
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (N-1) in float64, as TF-GAN's frechet_classifier_distance."""
-    f = np.asarray(features, dtype=np.float64)
-    mu = f.mean(axis=0)
-    centered = f - mu
-    return mu, centered.T @ centered / (len(f) - 1)
-
-
-def _sqrt_psd(mat: np.ndarray, eps: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues and vectors of a symmetric PSD matrix's square root; as TF-GAN, values
-    under eps are kept as they are (not square-rooted), negative rounding noise becomes 0."""
-    w, v = np.linalg.eigh((mat + mat.T) / 2.0)
-    w = np.maximum(w, 0.0)
-    return np.where(w < eps, w, np.sqrt(w)), v
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrt(sqrt(S1) S2 sqrt(S1))), in float64."""
-    mu1, mu2, sigma1, sigma2 = (np.asarray(a, dtype=np.float64) for a in (mu1, mu2, sigma1, sigma2))
-    w, v = _sqrt_psd(sigma1)
-    sqrt1 = (v * w) @ v.T
-    inner, _ = _sqrt_psd(sqrt1 @ sigma2 @ sqrt1)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * inner.sum())
+    def describe(self) -> str:
+        videos = "an unrecorded number of" if self.videos is None else str(self.videos)
+        return f"{self.n} clips from {videos} videos"
 
 
 def _file_sha256(path: Path) -> str:
@@ -281,13 +257,42 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _apply_preset(name: str, frames: int | None, num_clips: int | None, stride: int,
+                  clips: int | None) -> tuple[int, int, int]:
+    """--protocol NAME's (frames, num_clips, stride); an explicit flag that disagrees is an error."""
+    if name not in PROTOCOLS:
+        raise UserError(f"--protocol {name!r}: one of {', '.join(PROTOCOLS)}")
+    preset = PROTOCOLS[name]
+    given = {"frames": frames, "num_clips": num_clips, "stride": None if stride == 1 else stride}
+    clash = [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None and v != preset[k]]
+    if clash or clips is not None:
+        raise UserError(f"--protocol {name} fixes --num-clips {preset['num_clips']} --frames {preset['frames']} "
+                        f"--stride {preset['stride']}; drop {', '.join(clash) or '--clips'}")
+    return preset["frames"], preset["num_clips"], preset["stride"]
+
+
+def _sampling_text(frames: int | None, clips: int | None, num_clips: int | None, stride: int) -> str:
+    if frames is None:
+        return "every frame of every video"
+    clip = f"{frames} frames" + (f", every {stride}th" if stride > 1 else "")
+    if num_clips is not None:
+        return (f"{num_clips} clips of {clip} over the set: videos uniformly (reused only past one clip each), "
+                "a random start each")
+    if clips is not None:
+        return f"{clips} clips of {clip} per video, random starts"
+    return f"the first {clip} of each video"
+
+
 class Extractor:
     """The model and the protocol; `features(set)` streams a set through it."""
 
     def __init__(self, weights: str | Path = "rgb_scratch", frames: int | None = None, clips: int | None = None,
                  seed: int = 0, resize: str = "tf1", rescale: bool = True, precision: str = "fp32",
                  device: str | torch.device = "auto", batch_size: int = 4, workers: int | None = None,
-                 skip_bad: bool = False, progress: bool = True, models_dir: str | Path = MODELS_DIR):
+                 skip_bad: bool = False, progress: bool = True, models_dir: str | Path = MODELS_DIR,
+                 num_clips: int | None = None, stride: int = 1, protocol_name: str | None = None):
+        if protocol_name is not None:
+            frames, num_clips, stride = _apply_preset(protocol_name, frames, num_clips, stride, clips)
         if resize not in RESIZE_METHODS:
             raise UserError(f"--resize-method must be one of {', '.join(RESIZE_METHODS)}")
         if frames is not None and frames < MIN_FRAMES:
@@ -296,6 +301,12 @@ class Extractor:
             raise UserError("--clips and --batch-size must be positive")
         if clips is not None and frames is None:
             raise UserError("--clips needs --frames (the clip length)")
+        if stride < 1 or (num_clips is not None and num_clips < 2):
+            raise UserError("--stride must be positive and --num-clips at least 2 (a covariance needs 2 clips)")
+        if (stride > 1 or num_clips is not None) and frames is None:
+            raise UserError("--stride and --num-clips need --frames (the clip length)")
+        if num_clips is not None and clips is not None:
+            raise UserError("--num-clips (clips over the set) and --clips (clips per video) exclude each other")
         self.rank, self.world = _distributed()
         if self.world > 1 and not dist.is_initialized():
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -315,22 +326,27 @@ class Extractor:
             raise UserError(f"{path}: {model.num_classes}-class weights; FVD needs the 400 Kinetics logits")
         self.model = model.for_inference(precision, device=self.device)
         self.frames, self.clips, self.seed, self.resize, self.rescale = frames, clips, seed, resize, rescale
+        self.num_clips, self.stride = num_clips, stride
         self.batch_size, self.skip_bad, self.progress = batch_size, skip_bad, progress
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.protocol = {
             "reference": "google-research frechet_video_distance, TF-Hub i3d-kinetics-400",
-            "weights": path.stem, "weights_sha256": _file_sha256(path), "frames": frames, "clips": clips,
-            "seed": seed, "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias",
-                                     "none": "none"}[resize], "size": SIZE if resize != "none" else None,
+            "protocol": protocol_name, "weights": path.stem, "weights_sha256": _file_sha256(path),
+            "frames": frames, "stride": stride, "num_clips": num_clips, "clips": clips,
+            "sampling": _sampling_text(frames, clips, num_clips, stride), "seed": seed,
+            "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias", "none": "none"}[resize],
+            "size": SIZE if resize != "none" else None,
             "rescale": "2*x/255-1" if rescale else "none", "features": "400 logits averaged over time",
-            "covariance": "float64, N-1", "precision": precision}
+            "covariance": "float64, N-1", "precision": precision,
+            # bf16 moves FVD by about 1 % (README): such statistics are recorded as not the reference's
+            "reference_precision": precision == "fp32", "code_version": code_version()}
 
     def _run(self, batch: list[torch.Tensor]) -> np.ndarray:
         x = torch.cat(batch)  # (B*K, 3, T, H, W)
         return self.model(x).mean(dim=2).double().cpu().numpy()  # (B*K, 400): time mean, no softmax
 
-    def features(self, spec: str | Path | np.ndarray) -> tuple[np.ndarray, list[str], int]:
-        """(features (N*K, 400) float64 in item order, skipped items, frames per clip)."""
+    def features(self, spec: str | Path | np.ndarray) -> tuple[np.ndarray, list[str], int, int]:
+        """(features (clips, 400) float64 in item order, skipped items, frames per clip, videos used)."""
         kind, source = ("npy", spec) if isinstance(spec, np.ndarray) else list_set(spec)
         if kind == "stats":
             raise UserError(f"{spec}: statistics cannot be re-extracted")
@@ -338,14 +354,22 @@ class Extractor:
             count = len(_open_npy(source))
         else:
             count = len(source)
-        if count * (self.clips or 1) < 2:
+        if count * (self.clips or 1) < 2 or (self.num_clips is not None and count < 2):
             raise UserError(f"{spec}: {count} video(s); a set needs at least 2 videos (or clips) for a covariance")
+        plan, items = None, range(count)
+        if self.num_clips is not None:
+            plan = sample_plan(count, self.num_clips, self.seed)
+            items = sorted(plan)
+            if self.num_clips > count and self.rank == 0:
+                logger.warning("%s: %d clips from %d videos: each video gives %d or %d clips", spec if isinstance(
+                    spec, (str, Path)) else "array", self.num_clips, count, self.num_clips // count,
+                    -(-self.num_clips // count))
         if isinstance(source, np.ndarray):  # an in-memory array (the Python API): no workers needed
             tmp_kind, arr = "npy", source
         else:
             tmp_kind, arr = kind, None
-        data = VideoSet(tmp_kind, source, range(self.rank, count, self.world), self.frames, self.clips, self.seed,
-                        self.resize, self.rescale)
+        data = VideoSet(tmp_kind, source, items[self.rank::self.world], self.frames, self.clips, self.seed,
+                        self.resize, self.rescale, self.stride, plan)
         if arr is not None:
             data._arr = arr
         loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0 if arr is not None else self.workers)
@@ -359,7 +383,7 @@ class Extractor:
         def flush() -> None:
             if pending:
                 out = self._run([t for _, t in pending])
-                for (i, t), f in zip(pending, np.split(out, len(pending))):
+                for (i, t), f in zip(pending, np.split(out, np.cumsum([len(t) for _, t in pending])[:-1])):
                     rows[i] = f
                 pending.clear()
 
@@ -389,7 +413,7 @@ class Extractor:
         return self._gather(rows, lengths, skipped, fatal, data)
 
     def _gather(self, rows: dict, lengths: dict, skipped: list, fatal: str | None,
-                data: VideoSet) -> tuple[np.ndarray, list[str], int]:
+                data: VideoSet) -> tuple[np.ndarray, list[str], int, int]:
         parts = [(rows, lengths, skipped, fatal)]
         if self.world > 1:  # every rank sends its rows (400 floats per clip) to every rank
             parts = [None] * self.world
@@ -407,21 +431,23 @@ class Extractor:
         if sum(len(r) for r in rows.values()) < 2:
             raise UserError(f"{data.source}: fewer than 2 readable videos left")
         feats = np.concatenate([rows[i] for i in sorted(rows)])
-        return feats, sorted(skipped), next(iter(lengths.values()))
+        return feats, sorted(skipped), next(iter(lengths.values())), len(rows)
 
     def statistics(self, spec: str | Path | np.ndarray) -> Stats:
         if not isinstance(spec, np.ndarray) and Path(spec).suffix == ".npz":
             return Stats.load(spec)
-        feats, skipped, t = self.features(spec)
+        feats, skipped, t, videos = self.features(spec)
         mu, sigma = feature_stats(feats)
         protocol = dict(self.protocol, frames=t, frames_requested=self.frames)
-        return Stats(mu, sigma, len(feats), protocol, skipped)
+        return Stats(mu, sigma, len(feats), protocol, skipped, videos, feats)
 
 
 def check_comparable(a: Stats, b: Stats, name_a: str = "set A", name_b: str = "set B") -> None:
-    diff = [k for k in COMPARED if a.protocol.get(k) != b.protocol.get(k)]
+    before = {"stride": 1}  # files written before --stride existed took consecutive frames
+    pa, pb = dict(before, **a.protocol), dict(before, **b.protocol)
+    diff = [k for k in COMPARED if pa.get(k) != pb.get(k)]
     if diff:
-        detail = ", ".join(f"{k}: {a.protocol.get(k)!r} vs {b.protocol.get(k)!r}" for k in diff)
+        detail = ", ".join(f"{k}: {pa.get(k)!r} vs {pb.get(k)!r}" for k in diff)
         raise UserError(f"{name_a} and {name_b} were made with different protocols ({detail})")
 
 
@@ -430,16 +456,32 @@ def statistics(videos: str | Path | np.ndarray, **protocol) -> Stats:
     return Extractor(**protocol).statistics(videos)
 
 
-def compute(set_a: str | Path | np.ndarray | Stats, set_b: str | Path | np.ndarray | Stats, **protocol) -> dict:
-    """{"fvd", "protocol", "n_a", "n_b", "skipped"}; sets as `statistics` takes them, or Stats."""
+def distances(a: Stats, b: Stats, kvd: bool = False, kvd_subsets: int = KVD_SUBSETS,
+              kvd_subset_size: int = KVD_SUBSET_SIZE, seed: int = 0) -> dict:
+    """{"fvd", "n_a", "n_b", "videos_a", "videos_b", "skipped", "protocol"[, "kvd"]} of two
+    comparable statistics; with kvd, {"mean", "std", "subsets", "subset_size", "seed"}."""
+    out = {"fvd": frechet_distance(a.mu, a.sigma, b.mu, b.sigma), "n_a": a.n, "n_b": b.n, "videos_a": a.videos,
+           "videos_b": b.videos, "skipped": a.skipped + b.skipped, "protocol": a.protocol}
+    if kvd:
+        if a.features is None or b.features is None:
+            raise UserError("--kvd needs each clip's features: statistics files written before fvd.py kept them "
+                            "have none; recompute them")
+        mean, std = kernel_distance(a.features, b.features, kvd_subsets, kvd_subset_size, seed)
+        out["kvd"] = {"mean": mean, "std": std, "subsets": kvd_subsets,
+                      "subset_size": min(kvd_subset_size, a.n, b.n), "seed": seed,
+                      "kernel": "(x.y/d + 1)^3, unbiased MMD^2 (KID), std over subsets (ddof 0)"}
+    return out
+
+
+def compute(set_a: str | Path | np.ndarray | Stats, set_b: str | Path | np.ndarray | Stats, kvd: bool = False,
+            **protocol) -> dict:
+    """`distances` of two sets as `statistics` takes them, or Stats; keyword arguments as Extractor."""
     needs_model = not all(isinstance(s, Stats) or (not isinstance(s, np.ndarray) and Path(s).suffix == ".npz")
                           for s in (set_a, set_b))
     ext = Extractor(**protocol) if needs_model else None
     stats = [s if isinstance(s, Stats) else (ext.statistics(s) if ext else Stats.load(s)) for s in (set_a, set_b)]
     check_comparable(*stats)
-    value = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
-    return {"fvd": value, "protocol": stats[0].protocol, "n_a": stats[0].n, "n_b": stats[1].n,
-            "skipped": stats[0].skipped + stats[1].skipped}
+    return distances(*stats, kvd=kvd, seed=protocol.get("seed", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,24 +492,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sets", nargs="+", type=Path, help="SET_A [SET_B]: folder, .txt list, .npy or stats .npz")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="StyleGAN-V's sampling: " + "; ".join(
+                       f"{k}: --num-clips {v['num_clips']} --frames {v['frames']} --stride {v['stride']}"
+                       for k, v in PROTOCOLS.items()))
     p.add_argument("--frames", type=int, default=None, help="clip length (default: every frame)")
+    p.add_argument("--stride", type=positive_int, default=1, help="frames between a clip's frames (8: every 8th frame)")
+    p.add_argument("--num-clips", type=positive_int, default=None,
+                   help="N clips over the whole set: videos uniformly at random (reused only when N exceeds "
+                        "them), a random valid start each")
     p.add_argument("--clips", type=int, default=None,
                    help="K random clips of --frames per video (default: the first --frames frames)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random clips (per video: seed, index)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random clips and of --kvd's subsets")
+    p.add_argument("--kvd", action="store_true", help="also the kernel video distance (KID's unbiased "
+                   f"polynomial-kernel MMD) over --kvd-subsets subsets of up to --kvd-subset-size clips")
+    p.add_argument("--kvd-subsets", type=positive_int, default=KVD_SUBSETS)
+    p.add_argument("--kvd-subset-size", type=positive_int, default=KVD_SUBSET_SIZE,
+                   help="clips per subset (at least 2; at most the smaller set's clips are used)")
     p.add_argument("--resize-method", choices=RESIZE_METHODS[:2], default="tf1",
                    help="tf1: TF1 resize_bilinear (reference); torch: antialiased bilinear (torchvision)")
     p.add_argument("--no-resize", action="store_true", help="feed frames at their own size")
     p.add_argument("--no-rescale", action="store_true", help="feed values as they are (no 2x/255-1)")
     p.add_argument("--weights", default="rgb_scratch", help="a converted RGB I3D checkpoint (name or .pt path)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("-gpu", dest="device", help="GPU number (the original flag)")
+    add_precision(p, "fp32", "the reference computes in fp32; bf16 is recorded as not the reference",
+                  choices=("fp32", "bf16"))
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=4, help="videos of equal shape per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default min(4, CPUs))")
+    add_workers(p, None, "DataLoader decode workers (default min(4, CPUs))")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos (listed) instead of failing")
     p.add_argument("--save-stats", nargs="+", type=Path, metavar="FILE.npz", help="statistics of each set")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if len(args.sets) > 2:
         p.error("give one or two sets")
@@ -480,55 +535,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def port_table(weights: str | Path = MODELS_DIR / "rgb_scratch.pt", clips: int = 3, frames: int = 16) -> list[tuple[str, float, float, float]]:
-    """FVD of the same sets under each choice the common ports make differently: rows of
-    (choice, zeros vs 255 at 15 frames, zeros vs 255 at 30 frames, bikes vs bigbuckbunny clips).
-    The sample videos (`make samples`) give `clips` clips of `frames` frames each. The README's
-    table of the ports comes from here."""
-    ext = Extractor(weights=weights, workers=0, progress=False)
-    samples = Path(__file__).resolve().parent / "data" / "samples"
-    real = []
-    for name in ("bikes.mp4", "bigbuckbunny.mp4"):
-        video = read_frames(samples / name)
-        starts = np.linspace(0, len(video) - frames, clips).astype(int)
-        real.append(np.stack([video[s:s + frames] for s in starts]))
-    # one constant video per set (all videos of such a set are equal): its row twice, covariance 0
-    const = {t: [np.zeros((1, t, 64, 64, 3), np.uint8), np.full((1, t, 64, 64, 3), 255, np.uint8)] for t in (15, 30)}
-
-    def half_pixel(v: np.ndarray) -> torch.Tensor:  # F.interpolate(align_corners=False): StyleGAN-V, VideoGPT
-        x = torch.from_numpy(v).float().permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-        return (2 * x / 255 - 1).permute(1, 0, 2, 3)
-
-    variants = {
-        "reference: TF1 resize, [-1, 1], rgb_scratch, N-1": (lambda v: preprocess(v), 1),
-        "input range [-0.5, 0.5]": (lambda v: preprocess(v) / 2, 1),
-        "resize: half-pixel bilinear (F.interpolate)": (half_pixel, 1),
-        "resize: antialiased bilinear (torchvision)": (lambda v: preprocess(v, resize="torch"), 1),
-        "covariance with N (np.cov bias=True)": (lambda v: preprocess(v), 0),
-    }
-    rows, cache = [], {}
-    for name, (prep, ddof) in variants.items():
-        values = []
-        for k, (a, b) in enumerate((const[15], const[30], real)):
-            key = (id(prep) if ddof else id(variants[next(iter(variants))][0]), k)  # N vs N-1: same features
-            if key not in cache:
-                cache[key] = [np.concatenate([ext._run([prep(v)[None]]) for v in s]) for s in (a, b)]
-            fa, fb = (np.repeat(f, 2, axis=0) if len(f) == 1 else f for f in cache[key])
-            stats = [(f.mean(0), np.cov(f, rowvar=False, ddof=ddof)) for f in (fa, fb)]
-            values.append(frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1]))
-        rows.append((name, *values))
-        logger.info("%s: %s", name, ", ".join(f"{v:.3f}" for v in values))
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    for s in args.sets:  # every set checked (exists, is a set) before anything else: one line
+        if s.suffix != ".npz":
+            list_set(s)
+    start(args)
     protocol = dict(weights=args.weights, frames=args.frames, clips=args.clips, seed=args.seed,
+                    num_clips=args.num_clips, stride=args.stride, protocol_name=args.protocol,
                     resize="none" if args.no_resize else args.resize_method, rescale=not args.no_rescale,
                     precision=args.precision, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                    skip_bad=args.skip_bad)
+                    skip_bad=args.skip_bad, progress=not args.quiet)
     needs_model = any(s.suffix != ".npz" for s in args.sets)
     ext = Extractor(**protocol) if needs_model else None
     stats = [ext.statistics(s) if ext else Stats.load(s) for s in args.sets]
@@ -536,19 +553,20 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         for s, f in zip(stats, args.save_stats or []):
             s.save(f)
-            logger.info("wrote %s (N=%d)", f, s.n)
+            logger.info("wrote %s (%s)", f, s.describe())
     skipped = [x for s in stats for x in s.skipped]
     for x in skipped if rank == 0 else []:
         print(f"skipped: {x}", file=sys.stderr)
     if len(stats) == 2:
         check_comparable(stats[0], stats[1], str(args.sets[0]), str(args.sets[1]))
-        value = frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
+        out = distances(stats[0], stats[1], args.kvd, args.kvd_subsets, args.kvd_subset_size, args.seed)
         if rank == 0:
             if args.json:
-                print(json.dumps({"fvd": value, "n_a": stats[0].n, "n_b": stats[1].n, "skipped": skipped,
-                                  "protocol": stats[0].protocol}, indent=2))
+                print(json.dumps(out, indent=2))
             else:
-                print(f"FVD: {value:.4f}")
+                print(f"FVD: {out['fvd']:.4f}")
+                if args.kvd:
+                    print(f"KVD: {out['kvd']['mean']:.4f} +- {out['kvd']['std']:.4f}")
     if ext is not None and ext.world > 1:
         dist.destroy_process_group()
     return 1 if skipped else 0

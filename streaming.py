@@ -434,12 +434,17 @@ class WindowStacker:
     """--stack N --step S: one feature per window of N frames starting every S frames, each
     window a separate forward pass, averaged over time and space (video_features' clips).
     Windows go through `batcher` (shared by the videos of a run), else batches of `batch` of
-    this video's own; a partial last window is dropped."""
+    this video's own; a partial last window is dropped.
+    centered (with step 1): one window per frame, window t covering frames t - N//2 .. t + (N-1)//2,
+    the ends padded by repeating the first / last frame (MS-TCN's per-frame I3D features)."""
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], stack: int, step: int, batch: int = 4,
-                 batcher: WindowBatcher | None = None):
+                 batcher: WindowBatcher | None = None, centered: bool = False):
+        if centered and step != 1:
+            raise ValueError("centered windows need step 1 (one window per frame)")
         self.batcher = batcher or WindowBatcher(run, batch)
-        self.stack, self.step = stack, step
+        self.stack, self.step, self.centered = stack, step, centered
+        self.last: np.ndarray | None = None
         self.pieces: list[np.ndarray] = []
         self.buf_start = 0
         self.seen = 0
@@ -450,6 +455,9 @@ class WindowStacker:
     def push(self, frames: np.ndarray) -> None:
         if len(frames) == 0:
             return
+        if self.centered and self.last is None:  # the first frame stands in for the N//2 before it
+            frames = np.concatenate([np.repeat(frames[:1], self.stack // 2, axis=0), frames])
+        self.last = frames[-1:]
         self.pieces.append(frames)
         self.seen += len(frames)
         while self.seen >= self.step * self.next_window + self.stack:
@@ -465,6 +473,9 @@ class WindowStacker:
 
     def finish(self) -> torch.Tensor:
         """(crops, windows, C)."""
+        if self.centered and self.last is not None:  # the last frame stands in for the (N-1)//2 after it
+            last, self.centered = self.last, False
+            self.push(np.repeat(last, (self.stack - 1) // 2, axis=0))
         self.batcher.flush()
         if self.error is not None:
             raise self.error

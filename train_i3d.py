@@ -62,8 +62,8 @@ import videotransforms
 from charades_dataset import Charades
 from errors import UserError
 from runtime import dist_env, select_device
-from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, nonneg_float, nonneg_int, positive_float,
-                 positive_int, run_main, setup_logging)
+from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
+                 positive_float, positive_int, run_main, start)
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from atomic_io import append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
 from frame_io import MODE_CHANNELS
@@ -443,7 +443,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
     log.info("training %s on %s: %d clips, %d per batch x %d accumulated x %d processes per step, steps %d -> %d",
              args.mode, device, len(dataset), args.batch_size, args.accum, world_size, step, args.max_steps)
     accum_pos, sums = 0, torch.zeros(3, dtype=torch.float64)
-    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank, dynamic_ncols=True)
+    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank or getattr(args, "quiet", False),
+                    dynamic_ncols=True)
     with StopFlag() as stop:
         while step < args.max_steps:
             dataset.set_epoch(epoch)
@@ -526,7 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-root", "--root", type=Path, required=True, help="frames root: ROOT/VID/VID-000001.jpg")
     p.add_argument("-save_model", "--save-model", required=True,
                    help="output prefix: {prefix}000010.pt, {prefix}last.ckpt, {prefix}log.csv")
-    p.add_argument("--split", nargs="+", default=["charades/charades.json"],
+    p.add_argument("-split", "--split", nargs="+", default=["charades/charades.json"],
                    help="charades.json and/or Charades_v1_train.csv / _test.csv (merged)")
     p.add_argument("--init", default=None, help="weights name in models/ or path (default: {mode}_imagenet; "
                                                 "'none': random init)")
@@ -541,8 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-7)
     p.add_argument("--milestones", type=nonneg_int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
     add_data_args(p, crop_zero_ok=False)
-    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers (the original used 36)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: each rank its local GPU)")
+    add_workers(p, 0, "DataLoader workers (the original used 36)")
+    add_device(p, " (torchrun: each rank its local GPU)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep batch norm in eval mode (running statistics; for small batches / short fine-tuning)")
     p.add_argument("--amp", action="store_true",
@@ -556,7 +557,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", nargs="?", const="auto", default=None,
                    help="save loss / mAP curves as PNG (default path {save_model}curves.png)")
     add_allow_gaps(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if args.init is None:
         args.init = f"{args.mode}_imagenet"
@@ -567,8 +568,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    apply_allow_gaps(args.allow_gaps)
+    start(args)
     if dist_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
     result = train(args)

@@ -1,6 +1,8 @@
 """fvd.py: the reference's numbers (151.392 for zeros vs 255s at 30 frames), the TF1 resize rule
 against an independent loop, the Frechet distance against closed forms, statistics files,
-torchrun with 2 processes equal to one, and bad input (one line, non-zero exit)."""
+torchrun with 2 processes equal to one, and bad input (one line, non-zero exit); the protocols:
+clip sampling over a set, stride, StyleGAN-V's presets, KVD against a pair-by-pair formula,
+statistics files with clip and video counts, FVDMetric equal to fvd.py."""
 import json
 import os
 import subprocess
@@ -14,8 +16,6 @@ import torch
 
 import fvd
 from errors import UserError
-import fast_i3d
-from pytorch_i3d import InceptionI3d
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -87,18 +87,13 @@ def test_frechet_distance_closed_forms():
 # Random-weight checkpoints: the protocol, files and errors do not need the real weights
 # ----------------------------------------------------------------------------------------------
 
-def _save_model(path: Path, **kw) -> Path:
-    torch.manual_seed(0)
-    torch.save(InceptionI3d(**kw).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fvd_w")
-    return {"rgb": _save_model(d / "rand_rgb.pt", num_classes=400, in_channels=3),
-            "flow": _save_model(d / "rand_flow.pt", num_classes=400, in_channels=2),
-            "c157": _save_model(d / "rand_157.pt", num_classes=157, in_channels=3)}
+def ckpts(random_i3d_file):
+    """Calibrated random weights (conftest.random_i3d): logits that move with the input, so FVDs
+    between different sets are far from float noise."""
+    return {"rgb": random_i3d_file(num_classes=400, in_channels=3),
+            "flow": random_i3d_file(num_classes=400, in_channels=2),
+            "c157": random_i3d_file(num_classes=157, in_channels=3)}
 
 
 def write_avi(path: Path, frames: np.ndarray) -> Path:
@@ -138,7 +133,8 @@ def test_api_stats_file_and_protocol_check(ckpts, sets, tmp_path):
     assert sa.n == sb.n == 3 and sa.protocol["resize"] == "tf1-bilinear" and sa.protocol["frames"] == 9
     assert sa.mu.shape == (400,) and sa.sigma.shape == (400, 400) and sa.mu.dtype == np.float64
     res = fvd.compute(sa, sb)
-    assert np.isfinite(res["fvd"]) and res["fvd"] > 0
+    # a set against itself is 0 to float rounding; two different sets are far from that
+    assert abs(fvd.compute(sa, sa)["fvd"]) < 1e-6 * res["fvd"] and res["fvd"] > 1.0
     sa.save(tmp_path / "a.npz")
     loaded = fvd.Stats.load(tmp_path / "a.npz")
     assert loaded.n == 3 and loaded.protocol == sa.protocol
@@ -157,9 +153,9 @@ def test_cli_json_save_stats_and_folder(ckpts, sets, tmp_path):
     r = cli(sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "1",
             "--save-stats", tmp_path / "a.npz", tmp_path / "b.npz", check_rc=0)
     out = json.loads(r.stdout)
-    assert out["fvd"] > 0 and out["protocol"]["rescale"] == "2*x/255-1" and out["protocol"]["covariance"] == "float64, N-1"
+    assert out["fvd"] > 1.0 and out["protocol"]["rescale"] == "2*x/255-1" and out["protocol"]["covariance"] == "float64, N-1"
     r2 = cli(tmp_path / "a.npz", tmp_path / "b.npz", check_rc=0)  # no model needed
-    assert float(r2.stdout.split()[-1]) == pytest.approx(out["fvd"], abs=1e-4)
+    assert r2.stdout.strip() == f"FVD: {out['fvd']:.4f}"  # the same statistics: the same value, as printed
     # a folder with one unreadable video and unequal lengths: --frames 10 --skip-bad lists it
     r3 = cli(sets / "videos", sets / "a.npy", "--weights", ckpts["rgb"], "--frames", "9", "--skip-bad",
              "--workers", "1", check_rc=1)
@@ -207,12 +203,6 @@ def test_bad_input_is_one_line(case, expect, ckpts, sets, tmp_path):
     assert len(errors) == 1 and expect in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
-def test_bf16_refused_without_support(ckpts, sets, monkeypatch):
-    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(fast_i3d.PrecisionError, match="^bf16 is not supported by this CPU"):
-        fvd.Extractor(weights=ckpts["rgb"], precision="bf16", device="cpu")
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     args = [sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "0",
@@ -224,7 +214,23 @@ def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads(r.stdout)  # rank 0 alone prints
     assert two["n_a"] == one["n_a"] == 3
-    assert two["fvd"] == pytest.approx(one["fvd"], rel=1e-9)
+    assert one["fvd"] > 1.0 and two["fvd"] == pytest.approx(one["fvd"], rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,resize", [(["--resize-method", "torch"], "torch"), (["--no-resize"], "none")])
+def test_cli_resize_method_and_no_resize(flag, resize, ckpts, sets):
+    """--resize-method torch and --no-resize reach the extractor: the command line gives the
+    API's FVD for that resize rule, and not the reference (tf1) one."""
+    a, b = sets / "a.npy", sets / "b.npy"
+    out = json.loads(cli(a, b, "--weights", ckpts["rgb"], "--json", "--workers", "0", *flag, check_rc=0).stdout)
+    kw = dict(weights=ckpts["rgb"], workers=0, progress=False)
+    want = fvd.compute(a, b, resize=resize, **kw)
+    # float32 logits summed on other thread counts: equal to float rounding, not bit for bit
+    assert out["protocol"] == want["protocol"] and out["fvd"] == pytest.approx(want["fvd"], rel=1e-6)
+    tf1 = fvd.compute(a, b, **kw)
+    assert tf1["protocol"]["resize"] != out["protocol"]["resize"]
+    assert abs(out["fvd"] - tf1["fvd"]) > 1e-3 * tf1["fvd"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,3 +275,210 @@ def test_real_videos(rgb_scratch_weights, sample_videos, tmp_path):
     far = fvd.frechet_distance(s_bikes.mu, s_bikes.sigma, s_bunny.mu, s_bunny.sigma)
     near = fvd.frechet_distance(s_bikes.mu, s_bikes.sigma, s_bikes2.mu, s_bikes2.sigma)
     assert s_bikes.n == 3 and np.isfinite(far) and far > 2 * near > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocols: clips over a set, stride, presets, KVD, statistics files, the in-loop metric.
+# The model is synthetic_charades' calibrated random I3D (its logits respond to the input).
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live_weights(tmp_path_factory) -> Path:
+    from synthetic_charades import calibrated_random_i3d
+    path = tmp_path_factory.mktemp("fvd_live") / "calibrated_400.pt"
+    torch.save(calibrated_random_i3d(seed=0, num_classes=400).state_dict(), path)
+    return path
+
+
+def test_sample_plan_uniform_over_videos_reused_only_past_one_each():
+    plan = fvd.sample_plan(10, 7, seed=0)
+    assert sorted(k for ks in plan.values() for k in ks) == list(range(7))
+    assert len(plan) == 7 and all(len(ks) == 1 for ks in plan.values())  # N <= V: all different videos
+    assert fvd.sample_plan(10, 7, seed=0) == plan and fvd.sample_plan(10, 7, seed=1) != plan
+    many = fvd.sample_plan(3, 8, seed=5)
+    assert sorted(len(ks) for ks in many.values()) == [2, 3, 3]  # N > V: each video N // V or N // V + 1 times
+    # over seeds every video is chosen about equally often (uniform): 4000 draws of 1 clip from 4 videos
+    counts = np.bincount([next(iter(fvd.sample_plan(4, 1, seed=s))) for s in range(4000)], minlength=4)
+    assert np.all(np.abs(counts - 1000) < 120), counts
+
+
+def test_clips_over_a_set_take_frames_stride_apart_from_valid_starts():
+    arr = np.zeros((5, 40, 2, 2, 3), np.uint8)
+    arr[:] = np.arange(40, dtype=np.uint8)[None, :, None, None, None]  # pixel value = frame index
+    arr[:, :, 0, 0, 1] = np.arange(5, dtype=np.uint8)[:, None]         # channel 1 at (0, 0) = video index
+    frames, stride, n = 4, 8, 12
+    plan = fvd.sample_plan(5, n, seed=3)
+    data = fvd.VideoSet("npy", arr, sorted(plan), frames, None, 3, "none", False, stride, plan)
+    data._arr = arr
+    starts = []
+    for j in range(len(data)):
+        i, _, clips, err = data[j]
+        assert err is None and clips.shape == (len(plan[i]), 3, frames, 2, 2)
+        for c in clips:
+            t = c[0, :, 1, 1].numpy().astype(int)
+            assert np.all(np.diff(t) == stride) and 0 <= t[0] and t[-1] <= 39  # whole clip inside the video
+            assert np.all(c[1, :, 0, 0].numpy() == i)
+            starts.append(t[0])
+    assert len(starts) == n and len(set(starts)) > 3  # random starts, not always 0
+    data2 = fvd.VideoSet("npy", arr, sorted(plan), frames, None, 3, "none", False, stride, plan)
+    data2._arr = arr
+    assert all(torch.equal(data[j][2], data2[j][2]) for j in range(len(data)))  # seeded: reproducible
+
+
+def kvd_direct(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 of KID with k(a, b) = (a.b / d + 1)^3, pair by pair."""
+    m, d = len(x), x.shape[1]
+    k = lambda a, b: (float(a @ b) / d + 1.0) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kvd_is_the_unbiased_polynomial_mmd():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5)), rng.normal(size=(6, 5)) + 0.5
+    mean, std = fvd.kernel_distance(x, y, subsets=3, subset_size=6)  # the whole sets: every subset the same
+    assert mean == pytest.approx(kvd_direct(x, y), rel=1e-12) and std < 1e-12
+    # subsets: each a draw without replacement; mean and std over them
+    x, y = rng.normal(size=(9, 5)), rng.normal(size=(11, 5)) * 1.5
+    mean, std = fvd.kernel_distance(x, y, subsets=4, subset_size=5, seed=2)
+    g = np.random.default_rng(2)
+    values = []
+    for _ in range(4):
+        xi, yi = g.choice(9, 5, replace=False), g.choice(11, 5, replace=False)
+        values.append(kvd_direct(x[xi], y[yi]))
+    assert mean == pytest.approx(np.mean(values), rel=1e-12) and std == pytest.approx(np.std(values), rel=1e-9)
+    # same distribution: near 0 (unbiased), unlike the biased V-statistic
+    a, b = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    assert abs(fvd.kernel_distance(a, b, subsets=5, subset_size=200)[0]) < 0.05
+
+
+def test_presets_are_stylegan_v_metrics():
+    assert fvd.PROTOCOLS["fvd2048_16f"] == dict(num_clips=2048, frames=16, stride=1)
+    assert fvd.PROTOCOLS["fvd2048_128f"] == dict(num_clips=2048, frames=128, stride=1)
+    assert fvd.PROTOCOLS["fvd2048_128f_subsample8f"] == dict(num_clips=2048, frames=16, stride=8)
+    assert fvd._apply_preset("fvd2048_128f_subsample8f", None, None, 1, None) == (16, 2048, 8)
+    with pytest.raises(UserError, match="fixes .*drop --frames 32"):
+        fvd._apply_preset("fvd2048_16f", 32, None, 1, None)
+
+
+@pytest.mark.slow
+def test_num_clips_stats_file_records_protocol_and_counts(live_weights, tmp_path):
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (3, 20, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + 60, 0, 255).astype(np.uint8)
+    kw = dict(weights=live_weights, workers=0, progress=False, frames=9, num_clips=5, stride=2, seed=1)
+    ext = fvd.Extractor(**kw)
+    sa, sb = ext.statistics(a), ext.statistics(b)
+    assert (sa.n, sa.videos, sa.features.shape) == (5, 3, (5, 400))
+    p = sa.protocol
+    assert (p["num_clips"], p["frames"], p["stride"], p["seed"], p["protocol"]) == (5, 9, 2, 1, None)
+    assert "5 clips of 9 frames, every 2th" in p["sampling"]
+    sa.save(tmp_path / "a.npz")
+    loaded = fvd.Stats.load(tmp_path / "a.npz")
+    assert (loaded.n, loaded.videos, loaded.protocol) == (5, 3, p) and np.array_equal(loaded.features, sa.features)
+    res = fvd.compute(loaded, sb, kvd=True)
+    assert res["fvd"] > 0 and (res["n_a"], res["videos_a"]) == (5, 3) and res["kvd"]["subset_size"] == 5
+    assert res["kvd"]["mean"] == pytest.approx(fvd.kernel_distance(sa.features, sb.features, seed=0)[0], rel=1e-12)
+    # the same videos give FVD 0 (the same clips: seeded), a brighter set does not
+    assert fvd.compute(loaded, ext.statistics(a))["fvd"] == pytest.approx(0.0, abs=1e-6 * res["fvd"])
+    # another stride (or frames, or preset) is another protocol: refused
+    other = fvd.Extractor(**dict(kw, stride=1)).statistics(b)
+    with pytest.raises(UserError, match="different protocols.*stride: 2 vs 1"):
+        fvd.compute(loaded, other)
+
+
+@pytest.mark.slow
+def test_metric_equals_fvd_py(live_weights):
+    """FVDMetric on uint8 (N, T, H, W, 3) and on float (N, T, 3, H, W) in [0, 1] equals fvd.py's
+    number on the same videos to 1e-6 relative."""
+    from fvd_metric import FVDMetric
+    rng = np.random.default_rng(6)
+    real = rng.integers(0, 256, (3, 9, 24, 24, 3), dtype=np.uint8)
+    fake = np.clip(real.astype(int) // 2 + rng.integers(0, 60, real.shape), 0, 255).astype(np.uint8)
+    ref = fvd.compute(real, fake, weights=live_weights, workers=0, progress=False, batch_size=2, kvd=True)
+    metric = FVDMetric(live_weights)
+    for k in (0, 2):  # batches of 2 (then 1), as fvd.py's
+        metric.update(torch.from_numpy(real[k:k + 2]), real=True)
+        metric.update(torch.from_numpy(fake[k:k + 2]).permute(0, 1, 4, 2, 3).float() / 255, real=False)
+    assert metric.compute() == pytest.approx(ref["fvd"], rel=1e-6)
+    assert metric.compute_kvd()[0] == pytest.approx(ref["kvd"]["mean"], rel=1e-6)
+    metric.reset()
+    with pytest.raises(UserError, match="at least 2 clips"):
+        metric.compute()
+    with pytest.raises(UserError, match=r"\(N, T, 3, H, W\)"):
+        metric.update(torch.rand(2, 10, 24, 24, 3), real=True)
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("one_video", "at least 2 videos"),
+    ("short", "not one clip fits"),
+    ("stride", "--stride 8 (a span of 65)"),
+    ("preset_clash", "fvd2048_16f fixes"),
+    ("other_protocol", "different protocols (frames: 9 vs 10"),
+    ("kvd_old_stats", "--kvd needs each clip's features"),
+])
+@pytest.mark.slow
+def test_protocol_bad_input_is_one_line(case, expect, live_weights, tmp_path):
+    rng = np.random.default_rng(7)
+    a = tmp_path / "a.npy"
+    np.save(a, rng.integers(0, 256, (3, 20, 32, 32, 3), dtype=np.uint8))
+    common = ["--weights", live_weights, "--workers", "0"]
+    if case == "one_video":
+        np.save(tmp_path / "one.npy", rng.integers(0, 256, (1, 20, 32, 32, 3), dtype=np.uint8))
+        args = [tmp_path / "one.npy", a, "--frames", "9", "--num-clips", "4"]
+    elif case == "short":
+        args = [a, a, "--frames", "21", "--num-clips", "2"]
+    elif case == "stride":
+        args = [a, a, "--frames", "9", "--stride", "8", "--num-clips", "2"]  # 9 frames 8 apart: 65 > 20
+    elif case == "preset_clash":
+        args = [a, a, "--protocol", "fvd2048_16f", "--frames", "9"]
+    elif case == "other_protocol":
+        cli(a, "--frames", "9", "--num-clips", "3", "--save-stats", tmp_path / "s9.npz", *common, check_rc=0)
+        args = [tmp_path / "s9.npz", a, "--frames", "10", "--num-clips", "3"]
+    else:  # a statistics file without features (as written before --kvd existed)
+        fvd.Stats(np.zeros(400), np.eye(400), 3, {"frames": 9}).save(tmp_path / "old.npz")
+        args = [tmp_path / "old.npz", tmp_path / "old.npz", "--kvd"]
+    r = cli(*args, *common)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and expect in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+METRIC_SCRIPT = '''
+import os, sys, json
+import numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+import fvd_metric
+rng = np.random.default_rng(0)
+real = rng.integers(0, 256, (4, 9, 24, 24, 3), dtype=np.uint8)
+fake = np.clip(real.astype(int) + 50, 0, 255).astype(np.uint8)
+world = int(os.environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    dist.init_process_group("gloo")
+rank = dist.get_rank() if world > 1 else 0
+m = fvd_metric.FVDMetric(sys.argv[1])
+for k in range(rank, 4, world):  # each process its share of the clips
+    m.update(torch.from_numpy(real[k:k + 1]), real=True)
+    m.update(torch.from_numpy(fake[k:k + 1]), real=False)
+value = m.compute()
+if rank == 0:
+    print(json.dumps({"fvd": value, "torchmetrics": fvd_metric.HAVE_TORCHMETRICS}))
+'''
+
+
+@pytest.mark.slow
+def test_metric_two_processes_equal_one(live_weights, tmp_path):
+    """Under torchrun each process updates its share; compute() gathers them all (torchmetrics'
+    sync when it is installed, else the plain class's all_gather) and equals one process."""
+    script = tmp_path / "metric.py"
+    script.write_text(METRIC_SCRIPT)
+    args = [str(script), str(live_weights), str(ROOT)]
+    one = subprocess.run([PY, *args], capture_output=True, text=True, env=ENV, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["fvd"] == pytest.approx(a["fvd"], rel=1e-9) and a["fvd"] > 0
