@@ -102,8 +102,7 @@ def _model_and_input(args: argparse.Namespace, device: torch.device) -> tuple[In
 def _runs(precision: str, device: torch.device) -> bool:
     """Whether the device computes `precision` (bf16 rows are left out on CPUs without it)."""
     try:
-        check_precision(precision, device)
-        return True
+        return check_precision(precision, device) is None
     except PrecisionError as e:
         log.info("model: no %s rows: %s", precision, e)
         return False
