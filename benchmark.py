@@ -45,10 +45,11 @@ from charades_dataset import NUM_CLASSES, VideoItem, load_clip
 from errors import FrameError, UserError
 from runtime import select_device
 from cli import add_device, add_verbosity, run_main, start
-from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
+from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
+from pytorch_i3d import InceptionI3d
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
-from tvl1 import _compile_works, end_point_error, tvl1_torch
+from tvl1 import compile_available, end_point_error, tvl1_torch
 from weights import MODELS_DIR, load_model
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ def _model_and_input(args: argparse.Namespace, device: torch.device) -> tuple[In
 def _runs(precision: str, device: torch.device) -> bool:
     """Whether the device computes `precision` (bf16 rows are left out on CPUs without it)."""
     try:
-        check_precision(precision, device)
-        return True
+        return check_precision(precision, device) is None
     except PrecisionError as e:
         log.info("model: no %s rows: %s", precision, e)
         return False
@@ -422,7 +422,7 @@ def _benchmark(size, pairs, dev, batch, compile_step, reference, video, repeat, 
     i1 = torch.from_numpy(frames[first + 1]).float()[:, None].to(dev)
     batch = batch or pairs
     if compile_step is None:
-        compile_step = _compile_works(dev)
+        compile_step = compile_available(dev)
 
     def ours() -> np.ndarray:
         out = [tvl1_torch(i0[k:k + batch], i1[k:k + batch], compile_step=compile_step) for k in range(0, pairs, batch)]

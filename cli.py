@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from errors import DiskFullError, FrameError, UserError
 from atomic_io import disk_full, is_disk_full
 from frame_io import ALLOW_GAPS_ENV
-from pytorch_i3d import PRECISIONS, PrecisionError, resolve_precision
+from fast_i3d import PRECISIONS, PrecisionError, resolve_precision
 from runtime import select_device
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def start(args: argparse.Namespace) -> "torch.device | None":
 
 def resolve_precision_flag(given: str | None, default: str, why: str, device: "torch.device") -> tuple[str, str]:
     """(precision that runs, why): --precision as given, or the job's default; 'auto' resolved
-    for this device (pytorch_i3d.resolve_precision; an impossible one is a one-line error)."""
+    for this device (fast_i3d.resolve_precision; an impossible one is a one-line error)."""
     asked = given or default
     try:
         ran = resolve_precision(asked, device)

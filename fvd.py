@@ -53,7 +53,7 @@ from atomic_io import atomic_write
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
 from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
                         frechet_distance, kernel_distance, preprocess, resize_tf1)
-from pytorch_i3d import check_precision
+from fast_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 
 logger = logging.getLogger(__name__)

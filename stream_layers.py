@@ -2,12 +2,14 @@
 
 Each stage takes a layer's input on the time axis in pieces and returns the output steps they
 complete. A temporal conv / pool (TemporalStream) keeps, from one piece to the next, only the
-input frames its next output window still needs, and applies the whole video's TF-'SAME'
-temporal padding at the first and last piece (zero frames: right for convs, and for max pools,
-whose inputs follow a ReLU); every frame passes every layer once. The geometry (kernel, stride)
-is read from the model's own layer objects (layer_stage). Inception branches have different
-temporal latencies: a block (_Block) queues each branch's output and emits the steps all four
-have.
+input frames its next output window still needs, and applies the whole video's temporal
+padding at the first and last piece (zero frames: right for convs, and for max pools, whose
+inputs follow a ReLU); every frame passes every layer once. Everything a stage knows of its
+layer is the layer's public contract (pytorch_i3d.py): `layer.time` says kernel, stride,
+padding and tile, `layer(x, (0, 0))` runs it on a slice with no temporal padding, and a layer
+with `branches` (an Inception block) is streamed branch by branch (layer_stage). The branches
+have different temporal latencies: a block (Block) queues each branch's output and emits the
+steps all four have.
 """
 from __future__ import annotations
 
@@ -15,15 +17,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-from pytorch_i3d import (InceptionModule, MaxPool3dSamePadding, Unit3D, _conv3d, _FastInception, _FastMaxPool,
-                         _FastUnit, _triple, same_padding, separable_max3)
-from winograd import TILE as WINOGRAD_TILE
-
-# _FastInception's branch-3 pool is the function _max_pool_3x3x3 (no layer object): kernel 3,
-# stride 1 in time, as the InceptionModule.b3a it replaces.
-_FAST_BLOCK_POOL = (3, 1)
 
 # ----------------------------------------------------------------------------------------------
 # Time-axis helpers
@@ -59,15 +52,6 @@ def _copy(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return _empty(x.shape, x, channels_last).copy_(x)
 
 
-def _spatial_pad(x: torch.Tensor, kernel, stride) -> torch.Tensor:
-    """'SAME' zero padding of H and W only (time is handled by the stream)."""
-    ph = same_padding(x.shape[3], kernel[1], stride[1])
-    pw = same_padding(x.shape[4], kernel[2], stride[2])
-    if ph == pw == (0, 0):
-        return x
-    return F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-
-
 # ----------------------------------------------------------------------------------------------
 # Stages: push(x) -> new output frames or None; finish() -> the rest or None
 # ----------------------------------------------------------------------------------------------
@@ -75,8 +59,8 @@ def _spatial_pad(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 class Pointwise:
     """A layer of temporal kernel 1 and stride 1: no state, each chunk on its own."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        self.fn = fn
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_in: int):
+        self.fn, self.n_out = fn, n_in
 
     def push(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None or x.shape[2] == 0 else self.fn(x)
@@ -86,20 +70,19 @@ class Pointwise:
 
 
 class TemporalStream:
-    """A temporal conv / pool of kernel k and stride s over an input of n_in frames (whole video)
-    padded by (pf, pb) zero frames. `op` runs the layer on a slice of the padded timeline with
-    no temporal padding (its spatial padding as the layer does it). Output j reads padded frames
+    """A temporal conv / pool with contract `spec` (pytorch_i3d.TimeSpec) over an input of n_in
+    frames (whole video), padded by spec.pads(n_in) = (pf, pb) zero frames. `op` runs the layer
+    on a slice of the padded timeline with no temporal padding. Output j reads padded frames
     j*s .. j*s+k-1; the buffer holds the padded frames from `start` on that are still needed.
-    Outputs are computed in multiples of `granule` until the last call (a Winograd layer's tile:
-    its tiles then fall where a whole-video forward puts them, so the rounding is the same)."""
+    Outputs are computed in multiples of spec.tile until the last call (a Winograd layer's
+    tile: its tiles then fall where a whole-video forward puts them, so the rounding is the same)."""
 
-    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor], k: int, s: int, n_in: int,
-                 pads: tuple[int, int] | None = None, channels_last: bool = False, granule: int = 1):
-        self.op, self.k, self.s, self.n_in, self.granule = op, k, s, n_in, granule
-        self.pf, self.pb = same_padding(n_in, k, s) if pads is None else pads
-        self.n_out = (n_in + self.pf + self.pb - k) // s + 1
+    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor], spec, n_in: int, channels_last: bool = False):
+        self.op, self.k, self.s, self.n_in, self.granule = op, spec.span, spec.stride, n_in, spec.tile
+        self.pf, self.pb = spec.pads(n_in)
+        self.n_out = spec.out_frames(n_in)
         if self.n_out < 1:
-            raise ValueError(f"temporal kernel {k} longer than its padded input ({n_in} frames)")
+            raise ValueError(f"temporal kernel {self.k} longer than its padded input ({n_in} frames)")
         self.channels_last = channels_last
         self.buf: torch.Tensor | None = None
         self.start = 0  # padded-timeline index of buf[:, :, 0]
@@ -175,13 +158,13 @@ def finish_chain(stages: list) -> torch.Tensor | None:
     return y
 
 
-class _Block:
+class Block:
     """An Inception block: `entry` maps the block input to the four branches' inputs (the plain
     block's input four times, or the fast block's fused 1x1 heads split plus the input); each
     branch streams through its own stages, and the block emits the steps all branches have."""
 
-    def __init__(self, entry: Callable, branches: list[list], channels_last: bool):
-        self.entry, self.branches, self.channels_last = entry, branches, channels_last
+    def __init__(self, entry: Callable, branches: list[list], channels_last: bool, n_out: int):
+        self.entry, self.branches, self.channels_last, self.n_out = entry, branches, channels_last, n_out
         self.pending: list[list[torch.Tensor]] = [[] for _ in branches]
 
     def _add(self, i: int, y: torch.Tensor | None) -> None:
@@ -227,114 +210,24 @@ class _Block:
         return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Layer -> stage, for the plain and the fast model
-# ----------------------------------------------------------------------------------------------
 
-def _plain_unit_op(unit: Unit3D) -> Callable[[torch.Tensor], torch.Tensor]:
-    def op(x: torch.Tensor) -> torch.Tensor:
-        x = unit.conv3d(_spatial_pad(x, unit._kernel_shape, unit._stride))
-        if unit._use_batch_norm:
-            x = unit.bn(x)
-        return unit._activation_fn(x) if unit._activation_fn is not None else x
-    return op
-
-
-def _plain_pool_op(pool: MaxPool3dSamePadding) -> Callable[[torch.Tensor], torch.Tensor]:
-    kernel, stride = _triple(pool.kernel_size), _triple(pool.stride)
-    return lambda x: nn.MaxPool3d.forward(pool, _spatial_pad(x, kernel, stride))
-
-
-def _fast_unit_op(unit: _FastUnit) -> Callable[[torch.Tensor], torch.Tensor]:
-    def op(x: torch.Tensor) -> torch.Tensor:
-        if (y := unit.winograd_conv(x, (0, 0))) is not None:
-            x = y
-        elif unit._padding is not None:  # symmetric: pad H, W inside the conv, as the layer does
-            x = _conv3d(x, unit.conv, (0, unit._padding[1], unit._padding[2]))
-        else:
-            x = _conv3d(_spatial_pad(x, unit._kernel, unit._stride), unit.conv, (0, 0, 0))
-        return F.relu_(x) if unit._relu else x
-    return op
-
-
-def _fast_pool_op(pool: _FastMaxPool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """_FastMaxPool with no temporal padding: the slice holds exactly the windows' frames."""
-    kernel, stride = pool._kernel, pool._stride
-
-    def op(x: torch.Tensor) -> torch.Tensor:
-        sizes = x.shape[3:]
-        before = [same_padding(n, k, s)[0] for n, k, s in zip(sizes, kernel[1:], stride[1:])]
-        ceil_out = [-(-(n + 2 * b - k) // s) + 1 for n, b, k, s in zip(sizes, before, kernel[1:], stride[1:])]
-        if ceil_out == [-(-n // s) for n, s in zip(sizes, stride[1:])] and all(
-                2 * b <= k for b, k in zip(before, kernel[1:])):
-            return F.max_pool3d(x, kernel, stride, (0, *before), ceil_mode=True)
-        return F.max_pool3d(_spatial_pad(x, kernel, stride), kernel, stride)
-    return op
-
-
-def _fast_block_pool(x: torch.Tensor) -> torch.Tensor:
-    """_max_pool_3x3x3 with a valid time axis (L -> L-2 frames) and clipped H, W borders; the max
-    is exact, so the order of the separable passes does not change any value."""
-    n = x.shape[2] - 2
-    out = _empty((x.shape[0], x.shape[1], n, *x.shape[3:]), x, True)
-    torch.maximum(x.narrow(2, 0, n), x.narrow(2, 1, n), out=out)
-    torch.maximum(out, x.narrow(2, 2, n), out=out)
-    return separable_max3(out, (4, 3))
-
-
-def _unit_stage(op, module_fn, k: int, s: int, n: int, cl: bool, granule: int = 1):
-    if k == 1 and s == 1:
-        return Pointwise(module_fn)
-    return TemporalStream(op, k, s, n, channels_last=cl, granule=granule)
-
-
-def layer_stage(m: nn.Module, n: int, fast: bool, first: bool) -> tuple[object, int]:
-    """The stage for one endpoint's layer over an input of n frames, and its output length."""
-    cl = fast and not first  # the fast model is channels-last after the stem (its input is not)
-    if isinstance(m, Unit3D):
-        k, s = m._kernel_shape[0], m._stride[0]
-        stage = _unit_stage(_plain_unit_op(m), m, k, s, n, cl)
-    elif isinstance(m, _FastUnit):
-        k, s = m._kernel[0], m._stride[0]
-        stage = _unit_stage(_fast_unit_op(m), m, k, s, n, cl, 1 if m.winograd is None else WINOGRAD_TILE)
-    elif isinstance(m, MaxPool3dSamePadding):
-        k, s = _triple(m.kernel_size)[0], _triple(m.stride)[0]
-        stage = _unit_stage(_plain_pool_op(m), m, k, s, n, cl)
-    elif isinstance(m, _FastMaxPool):
-        k, s = m._kernel[0], m._stride[0]
-        stage = _unit_stage(_fast_pool_op(m), m, k, s, n, cl)
-    elif isinstance(m, InceptionModule):
-        def branch(*layers):
-            out = []
-            for layer in layers:
-                st, n_out = layer_stage(layer, n, False, False)
-                if n_out != n:
-                    raise ValueError("an Inception branch with a temporal stride")
-                out.append(st)
-            return out
-        branches = [branch(m.b0), branch(m.b1a, m.b1b), branch(m.b2a, m.b2b), branch(m.b3a, m.b3b)]
-        return _Block(lambda x: (x, x, x, x), branches, False), n
-    elif isinstance(m, _FastInception):
-        def entry(x, m=m):
-            y0, y1, y2 = F.relu_(_conv3d(x, m.heads, (0, 0, 0))).split(m._splits, dim=1)
-            return y0, y1, y2, x
-        b1, _ = layer_stage(m.b1b, n, True, False)
-        b2, _ = layer_stage(m.b2b, n, True, False)
-        b3b, _ = layer_stage(m.b3b, n, True, False)
-        pool = TemporalStream(_fast_block_pool, *_FAST_BLOCK_POOL, n, channels_last=True)
-        return _Block(entry, [[], [b1], [b2], [pool, b3b]], True), n
-    else:
-        raise TypeError(f"no streaming rule for layer {type(m).__name__}")
-    return stage, (stage.n_out if isinstance(stage, TemporalStream) else n)
-
-
-def out_channels(m: nn.Module, c: int) -> int:
-    if isinstance(m, Unit3D):
-        return m.conv3d.out_channels
-    if isinstance(m, _FastUnit):
-        return m.conv.out_channels
-    if isinstance(m, InceptionModule):
-        return sum(u.conv3d.out_channels for u in (m.b0, m.b1b, m.b2b, m.b3b))
-    if isinstance(m, _FastInception):
-        return m._splits[0] + sum(u.conv.out_channels for u in (m.b1b, m.b2b, m.b3b))
-    return c  # max pools
+def layer_stage(layer: nn.Module, frames: int, channels_last: bool) -> Pointwise | TemporalStream | Block:
+    """The stage of a layer over an input of `frames` frames, from its public contract: a layer
+    with branches (an Inception block) streams each branch on its own; any other layer by its
+    time contract, run on slices with no temporal padding."""
+    if layer.branches:
+        branches, lengths = [], []
+        for layers in layer.branches:
+            stages, n = [], frames
+            for inner in layers:
+                stages.append(layer_stage(inner, n, channels_last))
+                n = stages[-1].n_out
+            branches.append(stages)
+            lengths.append(n)
+        if len(set(lengths)) != 1:
+            raise ValueError(f"Inception branches of different output lengths {lengths}")
+        return Block(layer.branch_inputs, branches, channels_last, lengths[0])
+    spec = layer.time.over(frames)
+    if spec.kernel == 1 and spec.stride == 1:
+        return Pointwise(lambda x: layer(x, (0, 0)), frames)
+    return TemporalStream(lambda x: layer(x, (0, 0)), spec, frames, channels_last)

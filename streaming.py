@@ -8,10 +8,10 @@ training's validation): an I3D over a frame stream of any length, exact and boun
 
 - StreamingI3D: every temporal conv / pool keeps, from one chunk to the next, just the frames
   it still needs; the whole video's TF-SAME padding is applied at the first and last chunk;
-  every frame passes every layer once (stream_layers.py: the layer stages, whose geometry is
-  read from the model's own layers). The front padding of a stride-2 layer depends on the
-  video's length, so the engine needs the frame count T before the first chunk; a stream of
-  another length raises LengthMismatch (never a silently wrong result).
+  every frame passes every layer once (stream_layers.py: the layer stages, built from each
+  layer's public time contract, pytorch_i3d.TimeSpec). The front padding of a stride-2 layer
+  depends on the video's length, so the engine needs the frame count T before the first
+  chunk; a stream of another length raises LengthMismatch (never a silently wrong result).
 - VideoStream: uint8 frames (n, H, W, C) of one video -> the engine in chunks of
   `chunk_frames` (ten crops as a batch of 10), in the output layouts of extract_features.py.
 - stream_features / stream_logits: a whole frame stream -> features / per-time logits; a
@@ -31,22 +31,20 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import frame_io
 from errors import FrameError, UserError
-from pytorch_i3d import (VALID_ENDPOINTS, FastInceptionI3d, InceptionI3d, MaxPool3dSamePadding, Unit3D, _FastMaxPool,
-                         _FastUnit, _triple, squeeze_logits)
-from stream_layers import (Pointwise, TemporalStream, empty_like_time, finish_chain, layer_stage, out_channels,
-                           run_chain)
+from fast_i3d import FastInceptionI3d
+from pytorch_i3d import VALID_ENDPOINTS, InceptionI3d
+from stream_layers import Pointwise, empty_like_time, finish_chain, layer_stage, run_chain
 
 log = logging.getLogger(__name__)
 
 CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
 HEADS = ("none", "pooled", "logits")
-# Default frames per engine push: bounds activation memory (any value gives the same result).
-# At 224x224 fp32 (rgb_scratch, 2000 frames) 16 frames peak at 1.09 GiB RSS, 32 at 1.22-1.29
-# GiB (glibc keeps freed memory: cli.keep_freed_memory), for 3-5 % more time.
+# Default frames per engine push: bounds activation memory (any value gives the same result);
+# fewer frames per push mean less memory for a little more time per frame (README, Feature
+# extraction: peak memory by chunk size).
 CHUNK_FRAMES = 16
 
 
@@ -86,10 +84,10 @@ class StreamingI3D:
             raise TypeError(f"expected InceptionI3d or FastInceptionI3d, got {type(model).__name__}")
         if not self.fast and model.training:
             raise ValueError("put the model in eval mode (model.eval()): batch statistics cannot be streamed")
-        layers = model.features._modules if self.fast else {n: model._modules[n] for n in model.end_points}
+        layers = dict(model.layers())
         if endpoint not in layers:
             raise ValueError(f"endpoint {endpoint!r} not in this model ({', '.join(layers)})")
-        if head == "logits" and (endpoint != "Mixed_5c" or not model._has_logits):
+        if head == "logits" and (endpoint != "Mixed_5c" or not model.has_logits):
             raise ValueError("head 'logits' needs endpoint Mixed_5c and a model with final_endpoint Logits")
         self.model, self.total, self.endpoint, self.head = model, int(total_frames), endpoint, head
         self.device = model.device if self.fast else next(model.parameters()).device
@@ -99,27 +97,21 @@ class StreamingI3D:
         self.layers: list[nn.Module] = []
         self.lengths = [self.total]  # input length of every stage over the whole video
         for i, (name, m) in enumerate(layers.items()):
-            stage, n = layer_stage(m, self.lengths[-1], self.fast, i == 0)
+            # The fast model is channels-last after the stem (its input is taken as given).
+            stage = layer_stage(m, self.lengths[-1], self.fast and i > 0)
             self.stages.append(stage)
-            self.lengths.append(n)
+            self.lengths.append(stage.n_out)
             self.layers.append(m)
             if name == endpoint:
                 break
         n = self.lengths[-1]
         if self.fast:  # the fast model's outputs are float32 (pooled and logits computed in fp32)
-            self.stages.append(Pointwise(lambda x: x.float()))
+            self.stages.append(Pointwise(lambda x: x.float(), n))
         if head != "none":
-            k = min(2, n)
-            self.stages.append(TemporalStream(
-                lambda x, k=k: F.avg_pool3d(x, (k, min(7, x.shape[3]), min(7, x.shape[4])), stride=1),
-                k, 1, n, pads=(0, 0), channels_last=self.fast))
-            n = n - k + 1
+            self.stages.append(layer_stage(model.avg_pool, n, self.fast))
+            n = self.stages[-1].n_out
         if head == "logits":
-            sq = model._spatial_squeeze
-            if self.fast:
-                self.stages.append(Pointwise(lambda x: squeeze_logits(model.logits(x), sq)))
-            else:
-                self.stages.append(Pointwise(lambda x: squeeze_logits(model.logits(model.dropout(x)), sq)))
+            self.stages.append(Pointwise(model.classify, n))
         self.out_steps = n
         self.seen = 0
         self.emitted = 0
@@ -176,16 +168,15 @@ class StreamingI3D:
         t = self._template
         c, h, w = t.shape[1], t.shape[3], t.shape[4]
         for m in self.layers:
-            c = out_channels(m, c)
-            if isinstance(m, (Unit3D, MaxPool3dSamePadding, _FastUnit, _FastMaxPool)):
-                stride = _triple(m.stride) if isinstance(m, MaxPool3dSamePadding) else m._stride
-                h, w = -(-h // stride[1]), -(-w // stride[2])
+            c = c if m.out_channels is None else m.out_channels
+            h, w = -(-h // m.window.stride[1]), -(-w // m.window.stride[2])
         dtype = torch.float32 if self.fast else t.dtype
         if self.head != "none":
-            h, w = h - min(7, h) + 1, w - min(7, w) + 1
+            _, kh, kw = self.model.avg_pool.window.kernel
+            h, w = h - min(kh, h) + 1, w - min(kw, w) + 1
         if self.head == "logits":
-            c = self.model.logits.out_channels if self.fast else self.model.logits.conv3d.out_channels
-            if self.model._spatial_squeeze:
+            c = self.model.num_classes
+            if self.model.spatial_squeeze:
                 return torch.empty((t.shape[0], c, 0), dtype=dtype, device=t.device)
         return torch.empty((t.shape[0], c, 0, h, w), dtype=dtype, device=t.device)
 
@@ -261,16 +252,7 @@ class VideoStream:
         x = frames.to(self.device, non_blocking=True)
         # (n, H, W, C) -> (1, C, n, H, W) as a view: already the channels-last-3d layout.
         x = frame_io.to_model_range(x.permute(3, 0, 1, 2)[None])
-        if not self.ten_crop:
-            return x
-        size, (h, w) = self.ten_crop, x.shape[-2:]
-        if min(h, w) < size:
-            raise FrameError(f"frames of {h}x{w} are smaller than the {size} ten-crop")
-        crops = [x[..., t:t + size, left:left + size] for t, left in ten_crop_boxes(h, w, size)]
-        flipped = [c.flip(-1) for c in crops]
-        if self.mode == "flow":  # mirrored motion: x displacement changes sign
-            flipped = [frame_io.negate_flow_x(c, axis=1) for c in flipped]
-        return torch.cat(crops + flipped)
+        return torch.cat(ten_crops(x, self.ten_crop, self.mode)) if self.ten_crop else x
 
     def _format(self, y: torch.Tensor) -> torch.Tensor:
         y = y.float()
@@ -507,6 +489,19 @@ def ten_crop_boxes(h: int, w: int, size: int) -> list[tuple[int, int]]:
     return [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
 
 
+def ten_crops(x: torch.Tensor, size: int, mode: str = "rgb") -> list[torch.Tensor]:
+    """The ten crops of x (..., H, W): the 4 corners and the center, then the same mirrored
+    (flow: x displacement negated, on channel axis 1, as mirrored motion changes its sign)."""
+    h, w = x.shape[-2:]
+    if min(h, w) < size:
+        raise FrameError(f"frames of {h}x{w} are smaller than the {size} ten-crop")
+    crops = [x[..., top:top + size, left:left + size] for top, left in ten_crop_boxes(h, w, size)]
+    flipped = [c.flip(-1) for c in crops]
+    if mode == "flow":
+        flipped = [frame_io.negate_flow_x(c, axis=1) for c in flipped]
+    return crops + flipped
+
+
 def make_runner(model: torch.nn.Module, device: torch.device, mode: str = "rgb", endpoint: str = "Mixed_5c",
                 ten_crop: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function: uint8 frames (B, L, H, W, C) -> float32 CPU outputs (B, crops, L', ...):
@@ -526,19 +521,7 @@ def make_runner(model: torch.nn.Module, device: torch.device, mode: str = "rgb",
         with torch.inference_mode():
             if not ten_crop:
                 return features(x).float().cpu()[:, None]
-            h, w = x.shape[-2:]
-            if min(h, w) < ten_crop:
-                raise FrameError(f"frames of {h}x{w} are smaller than the {ten_crop} ten-crop")
-            outs = []
-            for flip in (False, True):
-                for top, lft in ten_crop_boxes(h, w, ten_crop):
-                    c = x[..., top:top + ten_crop, lft:lft + ten_crop]
-                    if flip:
-                        c = c.flip(-1)
-                        if mode == "flow":  # mirrored motion: x displacement changes sign
-                            c = frame_io.negate_flow_x(c, axis=1)
-                    outs.append(features(c).float().cpu())
-            return torch.stack(outs, dim=1)
+            return torch.stack([features(c).float().cpu() for c in ten_crops(x, ten_crop, mode)], dim=1)
     return run
 
 
@@ -553,7 +536,7 @@ def inference_model(model: torch.nn.Module, device: torch.device | str | None = 
     model, in train mode or not, is left as it is); a model that is already one is kept."""
     model = unwrap(model)
     if isinstance(model, InceptionI3d):
-        if not model._has_logits:
+        if not model.has_logits:
             raise UserError("evaluation needs a model with its logits layer (final_endpoint 'Logits')")
         return model.for_inference(precision=precision, device=device)
     if not hasattr(model, "logits"):

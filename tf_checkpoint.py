@@ -238,10 +238,6 @@ def tf_data_path(index_path: str | Path, shard: int = 0, num_shards: int = 1) ->
     return index_path.with_name(index_path.name.removesuffix(".index") + f".data-{shard:05d}-of-{num_shards:05d}")
 
 
-_TF_SUFFIXES = ("/conv_3d/w", "/conv_3d/b", "/batch_norm/beta", "/batch_norm/moving_mean",
-                "/batch_norm/moving_variance")
-
-
 def canonical_tf_name(name: str) -> str | None:
     """A TF variable name in our canonical form ('Mixed_3b/Branch_0/Conv3d_0a_1x1/conv_3d/w'),
     or None for what a converter skips (optimizer slots, global_step). Drops the 'RGB/' or

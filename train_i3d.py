@@ -67,7 +67,8 @@ from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_w
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from atomic_io import append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
 from frame_io import MODE_CHANNELS
-from pytorch_i3d import InceptionI3d, check_precision
+from fast_i3d import check_precision
+from pytorch_i3d import InceptionI3d
 from weights import load_model, resolve_weights
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,12 @@ g_k (one spatial kernel, computed once in float64), and the outputs are y_r = su
 whole frames. The stem (7x7x7, temporal stride 2) becomes a stride-1 4-tap convolution over
 frame pairs first (even and odd frames stacked as channels: polyphase), then F(4, 4).
 
-With it the whole fp32 fast model runs 2.4x the eager one on a 2-core AVX2 CPU, against ~1.9x
-with direct convolutions (`benchmark.py --only model`). The result equals the direct convolution
-to float rounding: within 1e-5 of a layer's scale (tests/test_winograd.py); with the real
-rgb_scratch weights the I3D logits and features move by 2.3e-6 and 1.6e-6 of their scale. Tiles
-start at output frame 0 of every call; a caller that wants the same rounding whatever the
-chunking (streaming.py) asks for outputs in multiples of TILE. Used only for float32 on the CPU:
-in bf16/fp16 the transforms' constants would cost accuracy, and cuDNN picks its own algorithms.
+The result equals the direct convolution to float rounding, not bit for bit
+(tests/test_winograd.py bounds it; `benchmark.py --only model` prints the whole model's speed
+and difference against the plain one). Tiles start at output frame 0 of every call; a caller
+that wants the same rounding whatever the chunking (streaming.py) asks for outputs in multiples
+of TILE. Used only for float32 on the CPU: in bf16/fp16 the transforms' constants would cost
+accuracy, and cuDNN picks its own algorithms.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ SLOW_FIXTURES = {"rgb_scratch_weights", "sample_videos"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from pytorch_i3d import cpu_supports_bf16
+    from fast_i3d import cpu_supports_bf16
 
     skip = pytest.mark.skip(reason="this CPU has no oneDNN bf16 (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
     has_bf16 = cpu_supports_bf16()

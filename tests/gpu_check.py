@@ -29,7 +29,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import pytorch_i3d  # noqa: E402
+import fast_i3d  # noqa: E402
 import streaming  # noqa: E402
 import synthetic_charades  # noqa: E402
 import train_i3d  # noqa: E402
@@ -65,7 +65,7 @@ def check_model(cuda: torch.device) -> None:
     for precision in ("fp32", "bf16", "fp16"):
         try:
             fast = model.for_inference(precision, device=cuda)
-        except pytorch_i3d.PrecisionError as e:
+        except fast_i3d.PrecisionError as e:
             report(f"model for_inference {precision}", True, f"skipped: {e}")
             continue
         out, feat = fast(x), fast.extract_features(x)

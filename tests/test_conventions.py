@@ -402,7 +402,7 @@ def test_fvd_records_its_precision_and_code_version(tmp_path):
     ext = fvd.Extractor(weights=w, device="cpu", workers=0, progress=False)
     assert ext.protocol["precision"] == "fp32" and ext.protocol["reference_precision"] is True
     assert ext.protocol["code_version"] == cli.code_version()
-    from pytorch_i3d import cpu_supports_bf16
+    from fast_i3d import cpu_supports_bf16
     if cpu_supports_bf16():
         ext = fvd.Extractor(weights=w, precision="bf16", device="cpu", workers=0, progress=False)
         assert ext.protocol["precision"] == "bf16" and ext.protocol["reference_precision"] is False

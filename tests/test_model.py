@@ -12,8 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fast_i3d
 import pytorch_i3d
-from pytorch_i3d import VALID_ENDPOINTS, InceptionI3d, resolve_precision, same_padding
+from fast_i3d import resolve_precision
+from pytorch_i3d import VALID_ENDPOINTS, InceptionI3d, same_padding
 
 MIXED = ["Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c"]
 ENDPOINT_CHANNELS = {
@@ -344,7 +346,7 @@ def test_for_inference_leaves_the_model_alone_and_takes_any_input(model):
 def test_max_pool_without_padded_copy_is_same_padding():
     for k, s in [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2))]:
         pool = pytorch_i3d.MaxPool3dSamePadding(kernel_size=list(k), stride=s)
-        fast = pytorch_i3d._FastMaxPool(pool)
+        fast = fast_i3d.FastMaxPool(pool)
         for n in itertools.product((1, 2, 3, 4, 7), repeat=3):
             x = torch.relu(torch.randn(1, 2, *n))  # pools follow a ReLU
             assert torch.equal(fast(x), pool(x)), (k, s, n)
@@ -398,16 +400,16 @@ def test_fp16_runs_and_keeps_the_output_close(model):
 def test_precision_resolution(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: True)
     for p in ("fp32", "bf16", "fp16"):
         assert resolve_precision(p, cpu) == p and resolve_precision(p, cuda) == p
     monkeypatch.undo()
-    native = pytorch_i3d.cpu_has_native_bf16()
+    native = fast_i3d.cpu_has_native_bf16()
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
-    monkeypatch.setattr(pytorch_i3d, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(fast_i3d, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(pytorch_i3d, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(fast_i3d, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", cuda) == "bf16"
@@ -417,8 +419,8 @@ def test_precision_resolution(monkeypatch):
 
 
 def test_bf16_refused_with_one_line_where_the_cpu_lacks_it(monkeypatch):
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(pytorch_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU .*: use fp32$"):
+    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(fast_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU .*: use fp32$"):
         InceptionI3d(final_endpoint="Conv3d_1a_7x7").for_inference("bf16")
     assert resolve_precision("auto", "cpu") == "fp32"  # auto never picks what cannot run
 
@@ -443,7 +445,7 @@ def test_benchmark_model_section_rows(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["row"]: r for r in result["rows"]}
-    bf16 = ("for_inference bf16",) if pytorch_i3d.cpu_supports_bf16() else ()
+    bf16 = ("for_inference bf16",) if fast_i3d.cpu_supports_bf16() else ()
     assert set(rows) == {f"{m} {p}" for m in ("forward", "extract_features")
                          for p in ("eager fp32", "for_inference fp32", *bf16)}
     for r in rows.values():
@@ -461,11 +463,53 @@ def test_benchmark_model_section_rows(capsys):
 
 
 def test_separable_inception_max_pool_is_exact():
+    pool = pytorch_i3d.MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(1, 1, 1))
+    separable = fast_i3d.SeparableMaxPool3(pool)
     for shape in [(2, 5, 1, 1, 3), (1, 3, 2, 1, 1), (1, 4, 3, 5, 7), (1, 16, 4, 6, 6)]:
         x = torch.relu(torch.randn(shape))
         for fmt in (torch.contiguous_format, torch.channels_last_3d):
             xf = x.contiguous(memory_format=fmt)
-            out = pytorch_i3d._max_pool_3x3x3(xf)
-            assert torch.equal(out, pytorch_i3d.MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(1, 1, 1))(x))
+            out = separable(xf)
+            assert torch.equal(out, pool(x))
             assert out.is_contiguous(memory_format=fmt)
-    assert torch.equal(pytorch_i3d._max_pool_3x3x3(x.bfloat16()), F.max_pool3d(x.bfloat16(), 3, 1, 1))
+    assert torch.equal(separable(x.bfloat16()), F.max_pool3d(x.bfloat16(), 3, 1, 1))
+
+
+# ---- the layers' time contract (what the streaming engine and the fast copy rely on) ---------
+
+def contract_layers() -> dict[str, nn.Module]:
+    """One layer of each kind and temporal geometry, plain and fast (direct convolutions)."""
+    torch.manual_seed(0)
+    layers = {
+        "stem 7/2": pytorch_i3d.Unit3D(3, 4, [7, 7, 7], stride=(2, 2, 2)),
+        "conv 3/1": pytorch_i3d.Unit3D(3, 4, [3, 3, 3]),
+        "pool 3/2": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[3, 3, 3], stride=(2, 2, 2)),
+        "pool 2/2": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[2, 2, 2], stride=(2, 2, 2)),
+        "pool 1/1": pytorch_i3d.MaxPool3dSamePadding(kernel_size=[1, 3, 3], stride=(1, 2, 2)),
+        "inception": pytorch_i3d.InceptionModule(3, [2, 3, 4, 2, 3, 2], "m"),
+    }
+    for name, layer in list(layers.items()):
+        random_bn_stats(layer)
+        layers[f"fast {name}"] = layer.accept(fast_i3d.FastLayers)
+    return layers
+
+
+@pytest.mark.parametrize("t", [1, 2, 9, 12])
+def test_every_layer_output_from_its_own_window_and_padding(t):
+    """layer(x) (pad_t None: TF-'SAME' over the whole video) at output j equals the layer run on
+    just the frames output j reads, given the zero frames it reads before / after x as pad_t:
+    the time contract (time.pads, time.out_frames, forward(x, pad_t)) the engine builds on."""
+    x = torch.relu(clip((1, 3, t, 9, 9)))  # pools follow a ReLU
+    for name, layer in contract_layers().items():
+        spec = layer.time
+        with torch.inference_mode():
+            whole = layer(x)
+            (front, back), span, s = spec.pads(t), spec.span, spec.stride
+            assert whole.shape[2] == spec.out_frames(t), name
+            assert layer.out_channels in (None, whole.shape[1]), name
+            for j in range(whole.shape[2]):
+                lo, hi = j * s - front, j * s - front + span  # output j's window, in x's frames
+                pad_t = (max(0, -lo), max(0, hi - t))
+                out = layer(x[:, :, max(lo, 0):min(hi, t)], pad_t)
+                assert out.shape[2] == 1, (name, j)
+                torch.testing.assert_close(out, whole[:, :, j:j + 1], rtol=1e-5, atol=1e-6, msg=f"{name} t={t} j={j}")

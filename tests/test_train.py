@@ -305,9 +305,9 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
 
 
 def test_amp_on_a_cpu_without_bf16_is_refused_before_writing(tiny, tmp_path, monkeypatch):
-    import pytorch_i3d
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(pytorch_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU"):
+    import fast_i3d
+    monkeypatch.setattr(fast_i3d, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(fast_i3d.PrecisionError, match=r"^bf16 is not supported by this CPU"):
         train_i3d.main(tiny_args(tiny, tmp_path / "m_", "--max-steps", "1", "--amp", "--device", "cpu"))
     assert [p.name for p in tmp_path.iterdir()] in ([], ["m_lock"])  # refused before anything was written
 
