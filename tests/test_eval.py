@@ -271,17 +271,29 @@ def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_
     assert out["videos"] == 3
     for key in ("classification_map", "localization_map"):
         assert out[key] == pytest.approx(expected[key], abs=1e-6)
-    # In-process: the plain summary line, and the official submission files.
+    # In-process: the plain summary line, and the official submission files, whose scores are
+    # evaluate()'s for the --subset and --fusion asked for (written with 6 significant digits).
     prefix = tmp_path / "sub"
     code = eval_i3d.main(["-mode", "rgb", "-root", str(syn / "rgb"), "--split", str(syn / "charades.json"),
-                          "-load_model", str(weight_files["rgb"]), "--crop", str(CROP), "--submission",
-                          str(prefix), "-q"])
+                          "-load_model", str(weight_files["rgb"]), "--flow-model", str(weight_files["flow"]),
+                          "--flow-root", str(syn / "flow"), "--fusion", "logit", "--subset", "training",
+                          "--crop", str(CROP), "--submission", str(prefix), "-q"])
     assert code == 0
     assert "classification mAP" in capsys.readouterr().out
-    cls_lines = Path(f"{prefix}_classify.txt").read_text().splitlines()
-    loc_lines = Path(f"{prefix}_localize.txt").read_text().splitlines()
-    assert len(cls_lines) == 3 and len(cls_lines[0].split()) == 1 + CLASSES
-    assert len(loc_lines) == 3 * 25 and loc_lines[1].split()[:2] == ["SYN0000", "1"]
+    kw = dict(flow_model=flow_model, flow_root=syn / "flow", subset="training", crop=CROP, details=True,
+              progress=False)
+    want = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="logit", **kw)
+    prob = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="prob", **kw)
+    ann = read_annotations(syn / "charades.json")
+    assert want["vids"] == sorted(v for v, a in ann.items() if a.subset == "training")
+    assert np.abs(want["video_scores"] - prob["video_scores"]).max() > 1e-3  # the fusion rule shows
+    cls_lines = [line.split() for line in Path(f"{prefix}_classify.txt").read_text().splitlines()]
+    loc_lines = [line.split() for line in Path(f"{prefix}_localize.txt").read_text().splitlines()]
+    assert [line[0] for line in cls_lines] == want["vids"]
+    np.testing.assert_allclose(np.array([line[1:] for line in cls_lines], float), want["video_scores"], rtol=1e-5)
+    assert [line[:2] for line in loc_lines] == [[v, str(j)] for v in want["vids"] for j in range(25)]
+    np.testing.assert_allclose(np.array([line[2:] for line in loc_lines], float), want["frame_scores"],
+                               rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow

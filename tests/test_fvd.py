@@ -16,8 +16,6 @@ import torch
 
 import fvd
 from errors import UserError
-import pytorch_i3d
-from pytorch_i3d import InceptionI3d
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -89,18 +87,13 @@ def test_frechet_distance_closed_forms():
 # Random-weight checkpoints: the protocol, files and errors do not need the real weights
 # ----------------------------------------------------------------------------------------------
 
-def _save_model(path: Path, **kw) -> Path:
-    torch.manual_seed(0)
-    torch.save(InceptionI3d(**kw).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fvd_w")
-    return {"rgb": _save_model(d / "rand_rgb.pt", num_classes=400, in_channels=3),
-            "flow": _save_model(d / "rand_flow.pt", num_classes=400, in_channels=2),
-            "c157": _save_model(d / "rand_157.pt", num_classes=157, in_channels=3)}
+def ckpts(random_i3d_file):
+    """Calibrated random weights (conftest.random_i3d): logits that move with the input, so FVDs
+    between different sets are far from float noise."""
+    return {"rgb": random_i3d_file(num_classes=400, in_channels=3),
+            "flow": random_i3d_file(num_classes=400, in_channels=2),
+            "c157": random_i3d_file(num_classes=157, in_channels=3)}
 
 
 def write_avi(path: Path, frames: np.ndarray) -> Path:
@@ -140,7 +133,8 @@ def test_api_stats_file_and_protocol_check(ckpts, sets, tmp_path):
     assert sa.n == sb.n == 3 and sa.protocol["resize"] == "tf1-bilinear" and sa.protocol["frames"] == 9
     assert sa.mu.shape == (400,) and sa.sigma.shape == (400, 400) and sa.mu.dtype == np.float64
     res = fvd.compute(sa, sb)
-    assert np.isfinite(res["fvd"]) and res["fvd"] > 0
+    # a set against itself is 0 to float rounding; two different sets are far from that
+    assert abs(fvd.compute(sa, sa)["fvd"]) < 1e-6 * res["fvd"] and res["fvd"] > 1.0
     sa.save(tmp_path / "a.npz")
     loaded = fvd.Stats.load(tmp_path / "a.npz")
     assert loaded.n == 3 and loaded.protocol == sa.protocol
@@ -159,9 +153,9 @@ def test_cli_json_save_stats_and_folder(ckpts, sets, tmp_path):
     r = cli(sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "1",
             "--save-stats", tmp_path / "a.npz", tmp_path / "b.npz", check_rc=0)
     out = json.loads(r.stdout)
-    assert out["fvd"] > 0 and out["protocol"]["rescale"] == "2*x/255-1" and out["protocol"]["covariance"] == "float64, N-1"
+    assert out["fvd"] > 1.0 and out["protocol"]["rescale"] == "2*x/255-1" and out["protocol"]["covariance"] == "float64, N-1"
     r2 = cli(tmp_path / "a.npz", tmp_path / "b.npz", check_rc=0)  # no model needed
-    assert float(r2.stdout.split()[-1]) == pytest.approx(out["fvd"], abs=1e-4)
+    assert r2.stdout.strip() == f"FVD: {out['fvd']:.4f}"  # the same statistics: the same value, as printed
     # a folder with one unreadable video and unequal lengths: --frames 10 --skip-bad lists it
     r3 = cli(sets / "videos", sets / "a.npy", "--weights", ckpts["rgb"], "--frames", "9", "--skip-bad",
              "--workers", "1", check_rc=1)
@@ -272,12 +266,6 @@ def test_cli_save_stats_rerun_with_another_protocol(ckpts, sets, tmp_path):
     assert fvd.Stats.load(out).protocol["resize"] == "torch-bilinear-antialias"
 
 
-def test_bf16_refused_without_support(ckpts, sets, monkeypatch):
-    monkeypatch.setattr(pytorch_i3d, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(pytorch_i3d.PrecisionError, match="^bf16 is not supported by this CPU"):
-        fvd.Extractor(weights=ckpts["rgb"], precision="bf16", device="cpu")
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     args = [sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "0",
@@ -289,7 +277,23 @@ def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads(r.stdout)  # rank 0 alone prints
     assert two["n_a"] == one["n_a"] == 3
-    assert two["fvd"] == pytest.approx(one["fvd"], rel=1e-9)
+    assert one["fvd"] > 1.0 and two["fvd"] == pytest.approx(one["fvd"], rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,resize", [(["--resize-method", "torch"], "torch"), (["--no-resize"], "none")])
+def test_cli_resize_method_and_no_resize(flag, resize, ckpts, sets):
+    """--resize-method torch and --no-resize reach the extractor: the command line gives the
+    API's FVD for that resize rule, and not the reference (tf1) one."""
+    a, b = sets / "a.npy", sets / "b.npy"
+    out = json.loads(cli(a, b, "--weights", ckpts["rgb"], "--json", "--workers", "0", *flag, check_rc=0).stdout)
+    kw = dict(weights=ckpts["rgb"], workers=0, progress=False)
+    want = fvd.compute(a, b, resize=resize, **kw)
+    # float32 logits summed on other thread counts: equal to float rounding, not bit for bit
+    assert out["protocol"] == want["protocol"] and out["fvd"] == pytest.approx(want["fvd"], rel=1e-6)
+    tf1 = fvd.compute(a, b, **kw)
+    assert tf1["protocol"]["resize"] != out["protocol"]["resize"]
+    assert abs(out["fvd"] - tf1["fvd"]) > 1e-3 * tf1["fvd"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -134,15 +134,30 @@ def test_tf_converter_gives_identical_state_dict(deepmind_server, rgb_scratch_we
     shard = deepmind_server / "rgb_scratch" / DATA_NAME
     # The rebuilt shard is DeepMind's file byte for byte.
     assert tf_checkpoint.git_blob_id(shard) == weights.DEEPMIND_BLOBS["rgb_scratch"][1]
-    out = weights.convert_tf(deepmind_server / "rgb_scratch" / "model.ckpt", tmp_path / "tf.pt")
+    # python weights.py --convert-tf PREFIX OUT.pt: the command line prints the file it wrote
+    out = tmp_path / "tf.pt"
+    r = run_cli("--convert-tf", str(deepmind_server / "rgb_scratch" / "model.ckpt"), str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
     assert_same_state(load(out), load(rgb_scratch_weights))
 
 
 @pytest.mark.slow
-def test_numpy_crc_fallback_checks_the_real_shard(deepmind_server, monkeypatch):
+def test_numpy_crc_fallback_checks_the_real_shard(deepmind_server, monkeypatch, tmp_path):
+    """Without google-crc32c every tensor's CRC is checked by numpy: the real shard passes, one
+    flipped bit in it is caught."""
     monkeypatch.setattr(tf_checkpoint, "_google_crc32c", None)  # as on a machine without google-crc32c
+    checked = []
+    real = tf_checkpoint.crc32c_numpy
+    monkeypatch.setattr(tf_checkpoint, "crc32c_numpy", lambda data: checked.append(1) or real(data))
     tensors = tf_checkpoint.read_tf_checkpoint(deepmind_server / "rgb_scratch" / "model.ckpt.index")
-    assert len(tensors) == 230
+    assert len(tensors) == 230 and len(checked) >= 230
+    shutil.copy(deepmind_server / "rgb_scratch" / "model.ckpt.index", tmp_path / "model.ckpt.index")
+    data = bytearray((deepmind_server / "rgb_scratch" / DATA_NAME).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / DATA_NAME).write_bytes(data)
+    with pytest.raises(UserError, match="CRC32C mismatch"):
+        tf_checkpoint.read_tf_checkpoint(tmp_path / "model.ckpt.index")
 
 
 def test_tf_converter_detects_corrupt_tensor(deepmind_server, tmp_path):
