@@ -109,6 +109,32 @@ def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None
                         "upscale-if-under-226)")
 
 
+def flag_given(argv: list[str], flag: str) -> bool:
+    """Whether a flag is on the command line, in any spelling argparse takes here (-crop, --crop,
+    --crop=N, -load_model for --load-model)."""
+    bare = flag.lstrip("-")
+    names = {f"-{bare}", f"--{bare}", f"-{bare.replace('-', '_')}", f"--{bare.replace('_', '-')}"}
+    return any(a.split("=", 1)[0] in names for a in argv)
+
+
+def apply_recorded(args: argparse.Namespace, argv: list[str], recorded: dict | None, flags: dict[str, str],
+                   defaults: dict | None = None) -> None:
+    """Flags (dest -> flag) not on the command line take the value a model file recorded of its
+    training; one given that differs from the record wins, with a one-line notice. Then any
+    dest still None takes `defaults`."""
+    for dest, flag in flags.items():
+        if not recorded or dest not in recorded:
+            continue
+        if not flag_given(argv, flag):
+            setattr(args, dest, recorded[dest])
+        elif getattr(args, dest) != recorded[dest]:
+            logging.getLogger("cli").warning("%s %s given: the model was trained with %s %s", flag,
+                                             getattr(args, dest), flag, recorded[dest])
+    for dest, value in (defaults or {}).items():
+        if getattr(args, dest) is None and not flag_given(argv, flags.get(dest, dest)):
+            setattr(args, dest, value)
+
+
 def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
     """The one definition of --allow-gaps (extract_features.py, train_i3d.py, eval_i3d.py)."""
     parser.add_argument("--allow-gaps", action="store_true",

@@ -76,8 +76,8 @@ from errors import UserError
 from video_datasets import FORMATS, LabelledVideos, detect_format, read_dataset, read_recipe
 from runtime import select_device
 import metrics
-from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_float, nonneg_int,
-                 positive_int, run_main, setup_logging)
+from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, apply_recorded, keep_freed_memory, nonneg_float,
+                 nonneg_int, positive_int, run_main, setup_logging)
 from pytorch_i3d import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -166,29 +166,6 @@ def write_confusion(path: Path, result: dict, names: list[str]) -> None:
 
 RECIPE_FLAGS = {"mode": "-mode", "clip_frames": "--clip-frames", "frame_stride": "--frame-stride", "crop": "--crop",
                 "resize": "--resize"}
-
-
-def given(argv: list[str], flag: str) -> bool:
-    """Whether a flag (or its single-dash / underscore spelling) is on the command line."""
-    names = {flag, flag.lstrip("-"), "-" + flag.lstrip("-"), "--" + flag.lstrip("-"),
-             "-" + flag.lstrip("-").replace("-", "_")}
-    return any(a in names or a.split("=", 1)[0] in names for a in argv)
-
-
-def apply_recipe(args: argparse.Namespace, argv: list[str], recipe: dict | None, defaults: dict) -> None:
-    """Flags not given take the model's recorded training values, else the usual defaults; a
-    flag given that differs from the record is used, with a one-line notice."""
-    for key, flag in RECIPE_FLAGS.items():
-        if recipe is None or key not in recipe:
-            continue
-        if given(argv, flag):
-            if getattr(args, key) != recipe[key]:
-                log.warning("%s %s given: the model was trained with %s", flag, getattr(args, key), recipe[key])
-        else:
-            setattr(args, key, recipe[key])
-    for key, value in defaults.items():
-        if getattr(args, key) is None and not given(argv, RECIPE_FLAGS.get(key, key)):
-            setattr(args, key, value)
 
 
 def evaluate_videos(args: argparse.Namespace, recipe: dict | None) -> int:
@@ -297,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     apply_allow_gaps(args.allow_gaps)
     recipe = read_recipe(weights.resolve_weights(args.load_model))
-    apply_recipe(args, argv, recipe, {"mode": "rgb", "clip_frames": 64, "crop": 224, "frame_stride": 1})
+    apply_recorded(args, argv, recipe, RECIPE_FLAGS, {"mode": "rgb", "clip_frames": 64, "crop": 224, "frame_stride": 1})
     device = args._device = select_device(args.device)
     fmt = args.format or (detect_format(args.split) if args.split else "folders")
     if fmt != "charades":

@@ -27,10 +27,11 @@ import frame_io
 import weights as weights_mod
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import keep_freed_memory, positive_int, run_main, setup_logging, size_or_zero
+from cli import apply_recorded, keep_freed_memory, positive_int, run_main, setup_logging, size_or_zero
 from pytorch_i3d import PRECISIONS
 from streaming import stream_logits
 from tvl1 import iter_video_flow
+from video_datasets import read_recipe
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -130,15 +131,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     setup_logging(args.verbose)
     device = select_device(args.device)
+    # a model trained by train_i3d.py: its crop, resize and class names (resize None is training's
+    # upscale-if-small rule, which predict does not have: then --resize stays as given or 256)
+    recipe = read_recipe(weights_mod.resolve_weights(args.weights))
+    apply_recorded(args, argv, {k: v for k, v in (recipe or {}).items() if k != "resize" or v is not None},
+                   {"crop": "--crop", "resize": "--resize"})
     rgb_model = build_model(args.weights, "rgb", device, args.precision)
     flow_model = build_model(args.flow_weights, "flow", device, args.precision) if args.flow_weights else None
     if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
         raise UserError(f"{args.flow_weights}: {flow_model.num_classes} classes, but the RGB weights have "
                         f"{rgb_model.num_classes}")
-    labels = load_labels(rgb_model.num_classes)
+    names = (recipe or {}).get("classes")
+    labels = list(names) if names and len(names) == rgb_model.num_classes else load_labels(rgb_model.num_classes)
 
     results, failures = [], []
     for i, source in enumerate(args.inputs):
