@@ -2,8 +2,9 @@
 
     python tests/synthetic_ucf101.py OUT [--per-class 10] [--classes 4] [--frames 32] [--size 112]
 
-Each video is a textured background with one textured square moving the whole time in the
-direction of its class (class k: angle 2*pi*k/K), so motion is the only cue. Writes
+Each video is a textured scene filmed by a camera whose motion is its class (Pan, Zoom,
+Shake, Rotate: see camera_motion; textures, directions and senses random), so motion is the
+only cue. Writes
 OUT/videos/CLASS/v_CLASS_gGG_cCC.avi (MPEG-4 part 2 in AVI, as UCF101's XviD; group GG,
 clip CC) and OUT/ucfTrainTestlist/{classInd.txt, trainlist01.txt, testlist01.txt}, written as
 the official files are (Windows line ends; test lists without labels). Groups 1..G_TEST are
@@ -22,27 +23,42 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from synthetic_charades import smooth_texture  # noqa: E402
 
-CLASS_NAMES = ("MoveRight", "MoveUp", "MoveLeft", "MoveDown", "MoveUpRight", "MoveUpLeft", "MoveDownLeft",
-               "MoveDownRight")
+CLASS_NAMES = ("Pan", "Zoom", "Shake", "Rotate")
 FPS = 25.0
+SCENE_SEED = 12345  # every video films the same scene: only the motion tells the classes apart
+
+
+def camera_motion(cls: int, frames: int, rng: np.random.Generator, center: tuple[float, float]) -> list[np.ndarray]:
+    """2x3 affine maps, one per frame, of a camera motion class: Pan (3 px/frame, random
+    direction), Zoom (in or out, 2 %/frame), Shake (random jumps of up to 6 px), Rotate (2
+    degrees/frame, either way)."""
+    out = []
+    angle = rng.uniform(0, 2 * math.pi)
+    sign = rng.choice([-1.0, 1.0])
+    for t in range(frames):
+        if cls == 0:
+            m = np.array([[1, 0, 3 * t * math.cos(angle)], [0, 1, 3 * t * math.sin(angle)]], dtype=np.float64)
+        elif cls == 1:
+            m = cv2.getRotationMatrix2D(center, 0.0, (1.02 ** (sign * t)))
+        elif cls == 2:
+            dx, dy = rng.uniform(-6, 6, size=2)
+            m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float64)
+        else:
+            m = cv2.getRotationMatrix2D(center, sign * 2.0 * t, 1.0)
+        out.append(m)
+    return out
 
 
 def render(rng: np.random.Generator, cls: int, num_classes: int, frames: int, size: int) -> np.ndarray:
+    """uint8 (T, H, W, 3): a textured scene seen by a camera moving by its class (the view is
+    cut from the middle of a larger texture, so no border enters it)."""
     h, w = size, int(round(size * 4 / 3))
-    obj = max(8, size // 4)
-    background = smooth_texture(h, w, rng, blur=3.0)
-    patch = smooth_texture(obj, obj, rng, blur=1.0)
-    angle = 2 * math.pi * cls / num_classes + rng.uniform(-0.2, 0.2)
-    d = np.array([math.cos(angle), -math.sin(angle)])
-    room = np.array([w - obj, h - obj], dtype=np.float64)
-    speed = min(3.0, 0.8 * float(room.min()) / frames)
-    travel = d * speed * (frames - 1)
-    lo, hi = np.maximum(0, -travel), room - np.maximum(0, travel)
-    p0 = lo + rng.random(2) * np.maximum(0, hi - lo)
-    out = np.repeat(background[None], frames, axis=0)
-    for t in range(frames):
-        x, y = np.round(p0 + d * speed * t).astype(int)
-        out[t, y:y + obj, x:x + obj] = patch
+    scene = smooth_texture(3 * h, 3 * w, np.random.default_rng(SCENE_SEED), blur=2.0)  # one scene for all
+    center = (1.5 * w, 1.5 * h)
+    out = np.empty((frames, h, w, 3), np.uint8)
+    for t, m in enumerate(camera_motion(cls % len(CLASS_NAMES), frames, rng, center)):
+        view = cv2.warpAffine(scene, m, (3 * w, 3 * h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        out[t] = view[h:2 * h, w:2 * w]
     return out
 
 
@@ -63,6 +79,8 @@ def write_dataset(out: str | Path, per_class: int = 10, num_classes: int = 4, fr
     groups 1..test_groups form testlist01."""
     out = Path(out)
     rng = np.random.default_rng(seed)
+    if not 1 <= num_classes <= len(CLASS_NAMES):
+        raise ValueError(f"1 to {len(CLASS_NAMES)} classes")
     names = CLASS_NAMES[:num_classes]
     train, test = [], []
     for c, name in enumerate(names):
