@@ -203,7 +203,7 @@ def flow_whole_process_rows(frames: int = 120, size: tuple[int, int] = (340, 256
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:
     """(rows, None) or ([], why the section did not run)."""
-    funcs = {"model": benchmark_model, "loading": benchmark_loading, "train": benchmark_train_step,
+    funcs = {"model": benchmark_model, "loading": lambda a: benchmark_loading(a) + benchmark_video_clips(a), "train": benchmark_train_step,
              "extract": benchmark_extraction, "flow": benchmark_dense_flow, "fvd": benchmark_fvd}
     return funcs[name](args), None
 
@@ -559,6 +559,40 @@ def benchmark_loading(args=None) -> list[dict]:
         times = time_round_robin({base: original, "ours (uint8, float32 at the end)": ours}, repeat)
     return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t, "baseline_row": base,
              "baseline_value": 1.0 / times[base]} for name, t in times.items()]
+
+
+def benchmark_video_clips(args=None) -> list[dict]:
+    """Training clips/s of video_datasets.VideoClips in one process (what one DataLoader worker
+    gives): clips of --frames (at most 16 on CPU, as the train rows) read from an .mp4 file by
+    seeking against the same clips from its JPEG frame folder, same frame indices, same
+    transforms. Compare with the train rows' clips/s of the training step itself."""
+    import cv2 as _cv2
+    from video_datasets import LabelledVideos, Sample, VideoClips
+
+    frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
+    clip = min(frames_n, 16) if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
+    length = 250  # a 10 s video at 25 fps: clips start anywhere in it
+    base = f"JPEG frame folder, {clip}-frame clips"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_jpeg_video(root, "v", length)
+        files = frame_io.list_frame_files(root / "v")
+        writer = _cv2.VideoWriter(str(root / "v.mp4"), _cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (340, 256))
+        for f in files:
+            writer.write(_cv2.imread(str(f)))
+        writer.release()
+        transforms = videotransforms.Compose([videotransforms.RandomCrop(224), videotransforms.horizontal_flip("rgb")])
+
+        def reader(path: Path) -> Callable[[], object]:
+            data = LabelledVideos("list", [Sample("v", str(path), (0,))] * 8, ["a"])
+            ds = VideoClips(data, "rgb", transforms, clip_frames=clip, resize=None, seed=0)
+            return lambda: [ds[i] for i in range(len(ds))]
+
+        times = time_round_robin({base: reader(root / "v"), f"video file (.mp4, seek), {clip}-frame clips":
+                                  reader(root / "v.mp4")}, repeat)
+    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 8 / t, "baseline_row": base,
+             "baseline_value": 8 / times[base], "note": "one process (one DataLoader worker)"}
+            for name, t in times.items()]
 
 
 # ----------------------------------------------------------------------------------------------

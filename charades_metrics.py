@@ -1,7 +1,8 @@
-"""Charades scoring: average precision and mAP, per-frame probabilities of a Charades-layout
-video (the whole video streamed exactly, per-time logits upsampled to the frames), the
-classification and localization ground truth, and `evaluate` (the whole evaluation, used by
-eval_i3d.py and by training's validation)."""
+"""Charades evaluation: per-frame probabilities of a Charades-layout video (the whole video
+streamed exactly, per-time logits upsampled to the frames), the classification and
+localization ground truth, and `evaluate` (the whole evaluation in named steps, used by
+eval_i3d.py and by training's validation). The scores themselves (average precision, mAP)
+live in metrics.py and are re-exported here for the original's users."""
 from __future__ import annotations
 
 import collections
@@ -19,7 +20,7 @@ from tqdm import tqdm
 import frame_io
 import weights
 from charades_dataset import VideoAnnotation, find_videos, read_annotations
-from charades_dataset_full import VideoSource, open_video
+from video_sources import VideoSource, open_video
 from errors import FrameError, UserError
 from metrics import average_precision, average_precisions, mean_average_precision  # noqa: F401 (old users)
 from frame_io import MODE_CHANNELS
@@ -226,6 +227,18 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
     "video_scores" (N, C), "video_labels" (N, C), "frame_scores" (N*25, C), "frame_labels".
     Chance is the mean over the scored classes of their positive rate (the mAP of random
     scores, in expectation)."""
+    _check_request(mode, fusion, flow_model, flow_root)
+    device = torch.device(device) if device is not None else _model_device(model)
+    streams = _streams(model, mode, root, flow_model, flow_root, device, precision)
+    num_classes = streams[0][2].num_classes
+    annotations = read_annotations(split)
+    videos = list_videos(annotations, subset, [(m, r) for m, r, _ in streams], num_classes, max_videos)
+    acc, failed = _score_videos(videos, streams, annotations, fusion, num_classes, device, resize, crop,
+                                clip_frames, workers, progress)
+    return _result(acc, failed, num_classes, details)
+
+
+def _check_request(mode: str, fusion: str, flow_model, flow_root) -> None:
     if mode not in MODE_CHANNELS:
         raise UserError(f"mode must be rgb or flow, not {mode!r}")
     if fusion not in ("prob", "logit"):
@@ -234,17 +247,25 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
         raise UserError("two-stream evaluation: the first model is the RGB one (mode rgb)")
     if flow_model is not None and flow_root is None:
         raise UserError("two-stream evaluation needs flow_root (the flow frames)")
-    device = torch.device(device) if device is not None else _model_device(model)
+
+
+def _streams(model, mode: str, root, flow_model, flow_root, device: torch.device,
+             precision: str) -> list[tuple[str, Path, torch.nn.Module]]:
+    """[(mode, frames root, inference model)] of one or two streams, their class counts equal."""
     streams = [(mode, Path(root), prepare_model(model, mode, device, precision))]
     if flow_model is not None:
         streams.append(("flow", Path(flow_root), prepare_model(flow_model, "flow", device, precision)))
     num_classes = streams[0][2].num_classes
     if any(m.num_classes != num_classes for _, _, m in streams):
         raise UserError(f"the RGB model has {num_classes} classes, the flow model {streams[1][2].num_classes}")
-    annotations = read_annotations(split)
-    videos = list_videos(annotations, subset, [(m, r) for m, r, _ in streams], num_classes, max_videos)
+    return streams
 
-    vids, v_scores, v_labels, f_scores, f_labels, failed = [], [], [], [], [], []
+
+def _score_videos(videos, streams, annotations, fusion: str, num_classes: int, device: torch.device, resize, crop: int,
+                  clip_frames: int, workers: int, progress: bool) -> tuple[tuple[list, ...], list]:
+    """Every video through every stream (decoding threads ahead); (score lists, failed videos)."""
+    acc: tuple[list, ...] = ([], [], [], [], [])
+    failed = []
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
     t0, frames_done = time.perf_counter(), 0
     try:
@@ -258,25 +279,30 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
                 log.error("%s: %s", vid, msg)
                 failed.append([vid, msg])
                 continue
-            _score_video(vid, counts[0], outs, fusion, annotations[vid], num_classes,
-                         (vids, v_scores, v_labels, f_scores, f_labels))
+            _score_video(vid, counts[0], outs, fusion, annotations[vid], num_classes, acc)
             frames_done += sum(counts)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     dt = time.perf_counter() - t0
-    log.info("evaluated %d videos (%d frames, %d stream(s)) in %.1fs: %.1f frames/s; %d failed", len(vids),
+    log.info("evaluated %d videos (%d frames, %d stream(s)) in %.1fs: %.1f frames/s; %d failed", len(acc[0]),
              frames_done, len(streams), dt, frames_done / max(dt, 1e-9), len(failed))
+    return acc, failed
+
+
+def _chance(labels: np.ndarray) -> float:
+    """The mean over the scored classes of their positive rate (random scores' expected mAP)."""
+    rate = labels.mean(axis=0)
+    rate = rate[labels.sum(axis=0) > 0]
+    return float(rate.mean()) if len(rate) else float("nan")
+
+
+def _result(acc: tuple[list, ...], failed: list, num_classes: int, details: bool) -> dict:
+    vids, v_scores, v_labels, f_scores, f_labels = acc
     if not vids:
         raise UserError(f"no video could be evaluated ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][1]})")
     v_scores, v_labels = np.stack(v_scores), np.stack(v_labels)
     f_scores, f_labels = np.concatenate(f_scores), np.concatenate(f_labels)
-
-    def chance(labels: np.ndarray) -> float:
-        rate = labels.mean(axis=0)
-        rate = rate[labels.sum(axis=0) > 0]
-        return float(rate.mean()) if len(rate) else float("nan")
-
     result = {
         "classification_map": mean_average_precision(v_scores, v_labels),
         "localization_map": mean_average_precision(f_scores, f_labels),
@@ -284,8 +310,8 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
         "num_classes": int(num_classes),
         "classes_scored": int((v_labels.sum(axis=0) > 0).sum()),
         "localization_classes_scored": int((f_labels.sum(axis=0) > 0).sum()),
-        "classification_chance": chance(v_labels),
-        "localization_chance": chance(f_labels),
+        "classification_chance": _chance(v_labels),
+        "localization_chance": _chance(f_labels),
         "failed": failed,
     }
     if details:

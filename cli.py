@@ -117,11 +117,9 @@ def flag_given(argv: list[str], flag: str) -> bool:
     return any(a.split("=", 1)[0] in names for a in argv)
 
 
-def apply_recorded(args: argparse.Namespace, argv: list[str], recorded: dict | None, flags: dict[str, str],
-                   defaults: dict | None = None) -> None:
+def apply_recorded(args: argparse.Namespace, argv: list[str], recorded: dict | None, flags: dict[str, str]) -> None:
     """Flags (dest -> flag) not on the command line take the value a model file recorded of its
-    training; one given that differs from the record wins, with a one-line notice. Then any
-    dest still None takes `defaults`."""
+    training; one given that differs from the record wins, with a one-line notice."""
     for dest, flag in flags.items():
         if not recorded or dest not in recorded:
             continue
@@ -130,9 +128,6 @@ def apply_recorded(args: argparse.Namespace, argv: list[str], recorded: dict | N
         elif getattr(args, dest) != recorded[dest]:
             logging.getLogger("cli").warning("%s %s given: the model was trained with %s %s", flag,
                                              getattr(args, dest), flag, recorded[dest])
-    for dest, value in (defaults or {}).items():
-        if getattr(args, dest) is None and not flag_given(argv, flags.get(dest, dest)):
-            setattr(args, dest, value)
 
 
 def add_allow_gaps(parser: argparse.ArgumentParser) -> None:

@@ -215,8 +215,8 @@ def evaluate_videos(args: argparse.Namespace, recipe: dict | None) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-mode", "--mode", choices=("rgb", "flow"), default=None,
-                   help="stream of -load_model (default: its recorded one, else rgb)")
+    p.add_argument("-mode", "--mode", choices=("rgb", "flow"), default="rgb",
+                   help="stream of -load_model (default: the one its file records, else rgb)")
     p.add_argument("-root", "--root", type=Path, required=True,
                    help="Charades frames root (ROOT/VID/VID-000001.jpg) or the videos' root (ROOT/CLASS/video.mp4)")
     p.add_argument("-split", "--split", type=Path, nargs="+", default=None,
@@ -231,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", type=nonneg_int, default=0,
                    help="video datasets: N uniformly spaced clips of --clip-frames instead of the whole video (0)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="with --views: 1 center or 3 crops per clip")
-    p.add_argument("--frame-stride", type=positive_int, default=None, help="with --views: every N-th frame (1)")
+    p.add_argument("--frame-stride", type=positive_int, default=1, help="with --views: every N-th frame")
     p.add_argument("--skip-bad", action="store_true",
                    help="missing or unreadable videos are listed but do not make the exit status 1")
     p.add_argument("--per-class", type=Path, default=None, help="video datasets: per-class accuracy CSV")
@@ -247,7 +247,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="two streams: average the per-frame probabilities (default) or the logits")
     p.add_argument("--subset", choices=("training", "testing"), default="testing")
     add_data_args(p)  # --clip-frames, --crop, --resize: training's flags and defaults
-    p.set_defaults(clip_frames=None, crop=None)  # from the model file when it records them
     p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default, exact); bf16/fp16 faster")
@@ -263,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.flow_model is not None and args.flow_root is None:
         p.error("--flow-model needs --flow-root")
-    if args.flow_model is not None and args.mode not in (None, "rgb"):
+    if args.flow_model is not None and args.mode != "rgb":
         p.error("two-stream evaluation: -load_model is the RGB model (-mode rgb), --flow-model the flow one")
     return args
 
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     apply_allow_gaps(args.allow_gaps)
     recipe = read_recipe(weights.resolve_weights(args.load_model))
-    apply_recorded(args, argv, recipe, RECIPE_FLAGS, {"mode": "rgb", "clip_frames": 64, "crop": 224, "frame_stride": 1})
+    apply_recorded(args, argv, recipe, RECIPE_FLAGS)  # unless given, the flags the model was trained with
     device = args._device = select_device(args.device)
     fmt = args.format or (detect_format(args.split) if args.split else "folders")
     if fmt != "charades":

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import frame_io
 import metrics
-from charades_dataset_full import VideoSource, open_video
+from video_sources import VideoSource, open_video
 from charades_metrics import padded_frames, prepare_model
 from errors import FrameError, UserError
 from streaming import stream_logits
