@@ -10,7 +10,7 @@ ratio against the section's baseline row. The paths of a section are timed round
 PyTorch's default (torch.get_num_threads()).
 
 Sections: `model` (the plain eager InceptionI3d against for_inference() in each precision),
-`loading` (benchmark_loading), `train` (benchmark_train_step), `extract` (benchmark_extraction:
+`loading` (benchmark_loading: frames and training clips), `train` (benchmark_train_step), `extract` (benchmark_extraction:
 whole processes, the original pytorch-i3d path against extract_features.py, and peak RSS),
 `flow` (benchmark_dense_flow) and `fvd`, each a function f(args) -> list of row dicts {"section",
 "row", "unit", "value", "baseline_row", "baseline_value"} (optionally "note").
@@ -42,6 +42,7 @@ import frame_io
 import fvd
 import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
+from video_datasets import LabelledVideos, Sample, VideoClips
 from errors import FrameError, UserError
 from runtime import select_device
 from cli import run_main, setup_logging
@@ -203,7 +204,7 @@ def flow_whole_process_rows(frames: int = 120, size: tuple[int, int] = (340, 256
 
 def run_section(name: str, args: argparse.Namespace) -> tuple[list[dict], str | None]:
     """(rows, None) or ([], why the section did not run)."""
-    funcs = {"model": benchmark_model, "loading": lambda a: benchmark_loading(a) + benchmark_video_clips(a), "train": benchmark_train_step,
+    funcs = {"model": benchmark_model, "loading": benchmark_loading, "train": benchmark_train_step,
              "extract": benchmark_extraction, "flow": benchmark_dense_flow, "fvd": benchmark_fvd}
     return funcs[name](args), None
 
@@ -540,59 +541,26 @@ def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarr
 
 
 def benchmark_loading(args=None) -> list[dict]:
-    """Clips/s loading 64-frame RGB clips from JPEG frames (256x340): ours against the
-    original-style loop, in the same run, checking both give the same pixels."""
+    """Clips/s: JPEG frames, ours vs the original-style loop (same pixels); training clips, .mp4 seek vs JPEGs."""
     frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
-    base = "original-style loop (cv2, float64)"
+    base, clip = "original-style loop (cv2, float64)", 16 if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
+    jpeg = f"training clips, JPEG folder ({clip} frames)"
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_jpeg_video(root, "v", frames_n)
+        make_jpeg_video(root := Path(tmp), "v", max(frames_n, 250))  # 10 s at 25 fps: clips start anywhere
         item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
-
-        def ours() -> np.ndarray:
-            return frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])
-
-        def original() -> np.ndarray:
-            return _original_style_load(root, "v", 1, frames_n)
-
+        ours = lambda: frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])  # noqa: E731
+        original = lambda: _original_style_load(root, "v", 1, frames_n)  # noqa: E731
         assert np.abs(ours() - original()).max() < 1e-5
         times = time_round_robin({base: original, "ours (uint8, float32 at the end)": ours}, repeat)
-    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t, "baseline_row": base,
-             "baseline_value": 1.0 / times[base]} for name, t in times.items()]
-
-
-def benchmark_video_clips(args=None) -> list[dict]:
-    """Training clips/s of video_datasets.VideoClips in one process (what one DataLoader worker
-    gives): clips of --frames (at most 16 on CPU, as the train rows) read from an .mp4 file by
-    seeking against the same clips from its JPEG frame folder, same frame indices, same
-    transforms. Compare with the train rows' clips/s of the training step itself."""
-    import cv2 as _cv2
-    from video_datasets import LabelledVideos, Sample, VideoClips
-
-    frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
-    clip = min(frames_n, 16) if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
-    length = 250  # a 10 s video at 25 fps: clips start anywhere in it
-    base = f"JPEG frame folder, {clip}-frame clips"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_jpeg_video(root, "v", length)
-        files = frame_io.list_frame_files(root / "v")
-        writer = _cv2.VideoWriter(str(root / "v.mp4"), _cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (340, 256))
-        for f in files:
-            writer.write(_cv2.imread(str(f)))
-        writer.release()
-        transforms = videotransforms.Compose([videotransforms.RandomCrop(224), videotransforms.horizontal_flip("rgb")])
-
-        def reader(path: Path) -> Callable[[], object]:
-            data = LabelledVideos("list", [Sample("v", str(path), (0,))] * 8, ["a"])
-            ds = VideoClips(data, "rgb", transforms, clip_frames=clip, resize=None, seed=0)
-            return lambda: [ds[i] for i in range(len(ds))]
-
-        times = time_round_robin({base: reader(root / "v"), f"video file (.mp4, seek), {clip}-frame clips":
-                                  reader(root / "v.mp4")}, repeat)
-    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 8 / t, "baseline_row": base,
-             "baseline_value": 8 / times[base], "note": "one process (one DataLoader worker)"}
-            for name, t in times.items()]
+        writer = cv2.VideoWriter(str(root / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (340, 256))
+        _ = [writer.write(cv2.imread(str(f))) for f in frame_io.list_frame_files(root / "v")] + [writer.release()]
+        flip = videotransforms.Compose([videotransforms.RandomCrop(224), videotransforms.horizontal_flip("rgb")])
+        sets = {n: VideoClips(LabelledVideos("list", [Sample("v", str(root / p), (0,))] * 8, ["a"]), "rgb", flip,
+                              clip_frames=clip) for n, p in ((jpeg, "v"), (jpeg.replace("JPEG folder", ".mp4 seek"), "v.mp4"))}
+        times.update(time_round_robin({n: (lambda d=d: [d[i] for i in range(8)]) for n, d in sets.items()}, repeat))
+    return [{"section": "loading", "row": n, "unit": "clips/s", "value": (8 if n in sets else 1) / t, "baseline_row":
+             jpeg if n in sets else base, "baseline_value": 8 / times[jpeg] if n in sets else 1 / times[base]}
+            for n, t in times.items()]
 
 
 # ----------------------------------------------------------------------------------------------

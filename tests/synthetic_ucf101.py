@@ -2,8 +2,8 @@
 
     python tests/synthetic_ucf101.py OUT [--per-class 10] [--classes 4] [--frames 32] [--size 112]
 
-Each video is a textured scene filmed by a camera whose motion is its class (Pan, Zoom,
-Shake, Rotate: see camera_motion; textures, directions and senses random), so motion is the
+Each video is a textured scene filmed by a camera whose motion is its class (Still, Pan,
+Shake, Zoom: see camera_motion; textures, directions and senses random), so motion is the
 only cue. Writes
 OUT/videos/CLASS/v_CLASS_gGG_cCC.avi (MPEG-4 part 2 in AVI, as UCF101's XviD; group GG,
 clip CC) and OUT/ucfTrainTestlist/{classInd.txt, trainlist01.txt, testlist01.txt}, written as
@@ -23,28 +23,28 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from synthetic_charades import smooth_texture  # noqa: E402
 
-CLASS_NAMES = ("Pan", "Zoom", "Shake", "Rotate")
+CLASS_NAMES = ("Still", "Pan", "Shake", "Zoom")
 FPS = 25.0
 SCENE_SEED = 12345  # every video films the same scene: only the motion tells the classes apart
 
 
 def camera_motion(cls: int, frames: int, rng: np.random.Generator, center: tuple[float, float]) -> list[np.ndarray]:
-    """2x3 affine maps, one per frame, of a camera motion class: Pan (3 px/frame, random
-    direction), Zoom (in or out, 2 %/frame), Shake (random jumps of up to 6 px), Rotate (2
-    degrees/frame, either way)."""
+    """2x3 affine maps, one per frame, of a camera motion class: Still (a tripod), Pan (6
+    px/frame, random direction), Shake (random jumps of up to 12 px), Zoom (in or out,
+    4 %/frame)."""
     out = []
     angle = rng.uniform(0, 2 * math.pi)
     sign = rng.choice([-1.0, 1.0])
     for t in range(frames):
         if cls == 0:
-            m = np.array([[1, 0, 3 * t * math.cos(angle)], [0, 1, 3 * t * math.sin(angle)]], dtype=np.float64)
+            m = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float64)
         elif cls == 1:
-            m = cv2.getRotationMatrix2D(center, 0.0, (1.02 ** (sign * t)))
+            m = np.array([[1, 0, 6 * t * math.cos(angle)], [0, 1, 6 * t * math.sin(angle)]], dtype=np.float64)
         elif cls == 2:
-            dx, dy = rng.uniform(-6, 6, size=2)
+            dx, dy = rng.uniform(-12, 12, size=2)
             m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float64)
         else:
-            m = cv2.getRotationMatrix2D(center, sign * 2.0 * t, 1.0)
+            m = cv2.getRotationMatrix2D(center, 0.0, (1.04 ** (sign * t)))
         out.append(m)
     return out
 
