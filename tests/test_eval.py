@@ -344,7 +344,7 @@ def ucf_model(tmp_path_factory):
     """A 3-class random I3D saved as train_i3d.py saves a step, with its recipe."""
     model = calibrated_random_i3d(seed=2, num_classes=3)
     path = tmp_path_factory.mktemp("ucf_model") / "m.pt"
-    recipe = {"mode": "rgb", "classes": ["Pan", "Zoom", "Shake"], "num_classes": 3, "clip_frames": 8,
+    recipe = {"mode": "rgb", "classes": ["Still", "Pan", "Shake"], "num_classes": 3, "clip_frames": 8,
               "frame_stride": 1, "crop": 32, "resize": 40}
     torch.save(video_datasets.attach_recipe(model.state_dict(), recipe), path)
     return model, path
@@ -374,7 +374,7 @@ def test_eval_cli_json_outputs_recipe_and_skip_bad(ucf, ucf_model, tmp_path, cap
     _, path = ucf_model
     bad_root = tmp_path / "videos"
     shutil.copytree(root, bad_root)
-    (bad_root / "Zoom" / "v_Zoom_g01_c01.avi").write_bytes(b"not a video")  # unreadable
+    (bad_root / "Pan" / "v_Pan_g01_c01.avi").write_bytes(b"not a video")  # unreadable
     (bad_root / "Shake" / "v_Shake_g01_c01.avi").unlink()  # missing
     argv = ["-root", str(bad_root), "--split", str(lists), "-load_model", str(path), "--json", "-q",
             "--per-class", str(tmp_path / "pc.csv"), "--predictions", str(tmp_path / "pred.csv"),
@@ -387,9 +387,9 @@ def test_eval_cli_json_outputs_recipe_and_skip_bad(ucf, ucf_model, tmp_path, cap
     assert eval_i3d.main(argv + ["--skip-bad"]) == 0
     rows = list(_csv.reader(_io.StringIO((tmp_path / "pc.csv").read_text())))
     assert rows[0] == ["class", "name", "videos", "correct", "accuracy"] and [r[1] for r in rows[1:]] == [
-        "Pan", "Zoom", "Shake"]
+        "Still", "Pan", "Shake"]
     pred = list(_csv.DictReader(_io.StringIO((tmp_path / "pred.csv").read_text())))
-    assert pred[0]["video"] == "Pan/v_Pan_g01_c01" and pred[0]["true"] == "Pan"
+    assert pred[0]["video"] == "Still/v_Still_g01_c01" and pred[0]["true"] == "Still"
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
