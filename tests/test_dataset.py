@@ -355,3 +355,22 @@ def test_video_clips_are_pure_functions_of_seed_epoch_index(tmp_path):
     assert a.shape == (3, 8, 24, 24) and torch.equal(a, b) and la == lb == data.samples[1].labels[0]
     ds.set_epoch(1)
     assert not torch.equal(ds[1][0], a)
+
+
+def test_flow_clips_from_mirrored_dense_flow_folders(tmp_path):
+    touch_videos(tmp_path / "videos", ["walk/v1.avi", "run/v2.avi"])
+    rng = np.random.default_rng(0)
+    for key in ("walk/v1", "run/v2"):  # dense_flow.py's layout: FLOW_ROOT/KEY/VID-000001x.jpg, y.jpg
+        vid = key.split("/")[1]
+        (tmp_path / "flow" / key).mkdir(parents=True)
+        for i in range(1, 7):
+            for axis in "xy":
+                frame_io.write_image(tmp_path / "flow" / key / frame_io.charades_frame_name(vid, i, axis),
+                                     rng.integers(0, 255, (20, 24), dtype=np.uint8))
+    data = vd.read_dataset(None, tmp_path / "videos", "training")
+    ds = vd.VideoClips(data, "flow", None, clip_frames=8, resize=0, flow_root=tmp_path / "flow")
+    clip, label = ds[1]
+    assert clip.shape == (2, 8, 20, 24) and label == 1  # 6 frames padded to 8 by repeating the last
+    assert torch.equal(clip[:, 5], clip[:, 7])
+    with pytest.raises(UserError, match="--flow-root"):
+        vd.VideoClips(data, "flow")
