@@ -7,13 +7,13 @@ locks, and the clean-up of a killed run's temporaries.
   folder (`.NAME.PID-XXXXXXXX.tmp`), fsync, rename: a kill never leaves a half-written output,
   and the rename is the output's "done" marker;
 - clean_stale_temps: removes only temporaries of this name whose process is dead;
-- file_lock: fcntl.flock on a file or folder, for two processes on one output.
+- file_lock: an exclusive lock on a file or folder, for two processes on one output (flock where
+  the OS has it, else the filelock package: msvcrt on Windows).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import logging
 import os
@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
+
+try:  # absent on Windows: file_lock then goes through filelock (msvcrt)
+    import fcntl
+except ImportError:
+    fcntl = None
 
 from errors import DiskFullError
 
@@ -159,21 +165,45 @@ def clean_stale_temps(folder: str | Path, name: str | None = None) -> int:
     return removed
 
 
+LOCK_NAME = ".lock"  # without flock, a folder is locked through this file inside it
+
+
 @contextlib.contextmanager
-def file_lock(path: str | Path, shared: bool = False, blocking: bool = True) -> Iterator[None]:
-    """An fcntl.flock on `path` (a folder, or a file created if needed) for the block; released when the block
-    ends or the process dies. Non-blocking and held elsewhere: BlockingIOError."""
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[None]:
+    """An exclusive lock on `path` for the block: a file (created if needed) or a folder.
+    Where the OS has flock (Linux, macOS) it is taken on the file or the folder itself (no lock
+    file left behind); elsewhere (Windows: msvcrt) through the filelock package, a folder through
+    its LOCK_NAME file. Either dies with its process. Non-blocking and held elsewhere:
+    BlockingIOError."""
     path = Path(path)
-    if path.is_dir():  # a folder locks itself: no lock file left behind
+    if fcntl is None:
+        with _portable_lock(path / LOCK_NAME if path.is_dir() else path, blocking):
+            yield
+        return
+    if path.is_dir():  # a folder locks itself
         fd = os.open(path, os.O_RDONLY)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _portable_lock(target: Path, blocking: bool) -> Iterator[None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target), timeout=-1 if blocking else 0, mode=0o666 & ~_umask())
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BlockingIOError(errno.EAGAIN, f"{target}: locked by another process") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -220,10 +250,12 @@ def atomic_write_bytes(path: str | Path, data) -> None:
 
 def temp_dir_for(path: str | Path) -> Path:
     """A new temporary folder next to `path`, named for it and this process (clean_stale_temps
-    removes it once this process is gone)."""
+    removes it once this process is gone), with the mode the user's umask gives new folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; renamed into place, it gets the user's usual mode
+    return tmp
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from charades_dataset import NUM_CLASSES, VideoItem, load_clip
 from video_datasets import LabelledVideos, Sample, VideoClips
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import run_main, setup_logging
+from cli import add_device, add_verbosity, run_main, start
 from pytorch_i3d import InceptionI3d, PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
 from train_i3d import autocast_for, charades_losses
@@ -228,11 +228,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-repeat", "--repeat", type=int, default=5, help="timed runs per path (median taken)")
     p.add_argument("-frames", "--frames", type=int, default=64, help="clip length in frames")
     p.add_argument("-size", "--size", type=int, default=224, help="clip height and width")
-    p.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_device(p)
     p.add_argument("--random-weights", action="store_true",
                    help=f"random-init weights even when {REAL_WEIGHTS.relative_to(MODELS_DIR.parent)} exists")
     p.add_argument("-json", "--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
@@ -246,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    start(args)
     rows: list[dict] = []
     skipped: list[str] = []
     failed: list[str] = []

@@ -1,26 +1,48 @@
-"""What every script shares: logging, device choice, and the rule that bad input ends with one
-clear line on stderr and a non-zero exit (never a traceback)."""
+"""What every job script shares, and only they import: the shared flags, each defined once
+(add_device, add_precision, add_workers, add_threads, add_resize_crop, add_allow_gaps,
+add_verbosity), the start of every main (start: logging, -q, --allow-gaps, the device, the
+precision that runs and why), the code version recorded in outputs, and run_main's one
+exit-code scheme: bad input ends with one clear line on stderr and a non-zero exit, never a
+traceback."""
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import logging
 import math
 import os
+import signal
+import subprocess
 import sys
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 from errors import DiskFullError, FrameError, UserError
 from atomic_io import disk_full, is_disk_full
 from frame_io import ALLOW_GAPS_ENV
+from pytorch_i3d import PRECISIONS, PrecisionError, resolve_precision
+from runtime import select_device
 
 if TYPE_CHECKING:
     import torch
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+# Libraries whose warnings -q hides (their errors still show).
+THIRD_PARTY_LOGGERS = ("torch", "torchvision", "h5py", "PIL", "matplotlib", "filelock", "urllib3")
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """INFO by default, DEBUG with -v; with -q only warnings of our own and errors, and no
+    third-party warnings (torch's "No CUDA runtime is found" and the like)."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level)  # also where logging was set up before (main() called twice, tests)
+    if quiet:
+        warnings.simplefilter("ignore")
+        os.environ["PYTHONWARNINGS"] = "ignore"  # DataLoader workers and child processes too
+        for name in THIRD_PARTY_LOGGERS:  # e.g. torch.utils.cpp_extension's logger.warning on CUDA_HOME
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 
@@ -76,10 +98,6 @@ size_or_zero = int_at_least(0, MAX_SIZE)  # --resize / --crop where 0 means "kee
 positive_size = int_at_least(1, MAX_SIZE)
 
 
-def finite_float(text: str) -> float:
-    return _number(float, text)
-
-
 def positive_float(text: str) -> float:
     value = _number(float, text)
     if value <= 0:
@@ -102,11 +120,57 @@ def add_data_args(p: argparse.ArgumentParser, crop_zero_ok: bool = True) -> None
     p.add_argument("--clip-frames", type=positive_int, default=64,
                    help="frames per training clip; evaluation runs whole videos and pads one shorter than "
                         "this with its last frame, as training does")
-    p.add_argument("--crop", type=size_or_zero if crop_zero_ok else positive_size, default=224,
-                   help="crop size: random in training, center in evaluation (0 there: the whole frame)")
-    p.add_argument("--resize", type=size_or_zero, default=None,
-                   help="smaller side of the frames before cropping (0 keeps; default: the original's "
-                        "upscale-if-under-226)")
+    add_resize_crop(p, resize_default=None, crop_zero_ok=crop_zero_ok,
+                    resize_help="smaller side of the frames before cropping (0 keeps; default: the original's "
+                                "upscale-if-under-226)",
+                    crop_help="crop size: random in training, center in evaluation (0 there: the whole frame)")
+
+
+def add_resize_crop(p: argparse.ArgumentParser, resize_default: int | None, crop_default: int | None = 224,
+                    crop_zero_ok: bool = True, resize_help: str = "", crop_help: str = "",
+                    with_crop: bool = True) -> None:
+    """The one definition of --resize / --crop: one spelling (-resize / --resize), one check
+    (0 to MAX_SIZE pixels; 0 keeps the frames / takes the whole frame)."""
+    p.add_argument("--resize", "-resize", type=size_or_zero, default=resize_default,
+                   help=resize_help or "smaller side of the frames in pixels (0 keeps them)")
+    if with_crop:  # dense_flow.py resizes and does not crop
+        p.add_argument("--crop", "-crop", type=size_or_zero if crop_zero_ok else positive_size, default=crop_default,
+                       help=crop_help or "center crop size (0: the whole frame)")
+
+
+def add_device(p: argparse.ArgumentParser, help_extra: str = "") -> None:
+    """The one definition of --device (the original -gpu N means cuda:N)."""
+    p.add_argument("--device", "-device", "-gpu", default="auto",
+                   help="auto (cuda if there is one, else cpu), cpu, cuda, cuda:1; -gpu N means cuda:N" + help_extra)
+
+
+def add_precision(p: argparse.ArgumentParser, default: str, why: str, choices: tuple[str, ...] | None = None) -> None:
+    """The one definition of --precision. `why` says why this job's default is what it is; the
+    precision that runs and the reason are logged first by start() and kept as
+    args.precision / args.precision_reason (for the job's JSON output)."""
+    p.add_argument("--precision", "-precision", choices=choices or PRECISIONS, default=None,
+                   help=f"auto, fp32, bf16 or fp16 (default {default}: {why}); 'auto' is bf16 on a CPU with "
+                        f"native bf16 and on CUDA, else fp32")
+    p.set_defaults(precision_default=(default, why))
+
+
+def add_workers(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """The one definition of --workers (0: decode in this process / a thread of it)."""
+    p.add_argument("--workers", "-workers", type=nonneg_int, default=default, help=help)
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """The one definition of --threads (torch's threads for the network)."""
+    p.add_argument("--threads", "-threads", type=nonneg_int, default=0,
+                   help="torch threads for the network (0, the default: OMP_NUM_THREADS if set, else on CPU the "
+                        "cores not taken by decode worker processes, at least 1)")
+
+
+def add_verbosity(p: argparse.ArgumentParser) -> None:
+    """-q (warnings and errors only, no progress bar, no third-party warnings) and -v (debug)."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings and errors: no progress bars, no third-party warnings")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
 def flag_given(argv: list[str], flag: str) -> bool:
@@ -145,27 +209,96 @@ def apply_allow_gaps(enabled: bool) -> None:
         os.environ.pop(ALLOW_GAPS_ENV, None)
 
 
+def start(args: argparse.Namespace) -> "torch.device | None":
+    """The start every job's main shares: logging (-q / -v), --allow-gaps, the device, and the
+    precision that will run, logged as the first line with its reason. Returns the device (None
+    for jobs without --device); args.precision becomes the resolved precision."""
+    setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    if hasattr(args, "allow_gaps"):
+        apply_allow_gaps(args.allow_gaps)
+    if not hasattr(args, "device"):
+        return None
+    device = select_device(args.device)
+    if hasattr(args, "precision_default"):
+        args.precision, args.precision_reason = resolve_precision_flag(args.precision, *args.precision_default,
+                                                                       device=device)
+        # the job's first log line: which precision runs, and why
+        logging.getLogger("__main__").info("precision %s (%s), device %s", args.precision, args.precision_reason,
+                                           device)
+    return device
+
+
+def resolve_precision_flag(given: str | None, default: str, why: str, device: "torch.device") -> tuple[str, str]:
+    """(precision that runs, why): --precision as given, or the job's default; 'auto' resolved
+    for this device (pytorch_i3d.resolve_precision; an impossible one is a one-line error)."""
+    asked = given or default
+    try:
+        ran = resolve_precision(asked, device)
+    except PrecisionError as e:
+        raise UserError(str(e)) from None
+    reason = f"--precision {asked}" if given else f"default {default}: {why}"
+    if asked == "auto":
+        reason += f"; auto chose {ran} on {device.type}"
+    return ran, reason
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The code's git commit (with '-dirty' for local changes), recorded in every output's
+    recipe; 'unknown' outside a git checkout."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# The one exit-code scheme of every script (README: Exit status).
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_BAD_INPUT, EXIT_DISK_FULL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` (temporaries, locks) runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main(); turn expected failures into one stderr line and an exit status
-    (2: bad input; 3: disk full)."""
+    """Run a script's main(); turn expected failures into one stderr line and an exit status:
+    0 done, 1 some items failed (the job returns it), 2 usage or bad input, 3 disk full,
+    130 / 143 stopped by SIGINT / SIGTERM."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a job with its own handler keeps it
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = main()
     except DiskFullError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_DISK_FULL)
     except OSError as e:
         if not is_disk_full(e):
             if isinstance(e, FileNotFoundError):
                 print(f"{prog}: error: {e}", file=sys.stderr)
-                sys.exit(2)
+                sys.exit(EXIT_BAD_INPUT)
             raise
         print(f"{prog}: error: {disk_full(e.filename or os.getcwd() + '/.')}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_DISK_FULL)
     except (UserError, FrameError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or 0)

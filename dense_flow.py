@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -47,9 +48,10 @@ from tqdm import tqdm
 
 from errors import DiskFullError, FrameError, UserError
 from runtime import select_device
-from cli import positive_int, run_main, setup_logging, size_or_zero
+from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, run_main, start
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
-from frame_io import charades_frame_name, is_video_file, iter_frames, list_frame_files, video_info, write_image
+from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
+                      video_info, write_image)
 from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
 
 log = logging.getLogger(__name__)
@@ -74,28 +76,34 @@ def is_done(out_root: str | Path, vid: str) -> bool:
     return (Path(out_root) / vid / DONE_MARKER).is_file()
 
 
+def _commit_video(out_root: Path, vid: str, tmp: Path) -> None:
+    """Move a finished temporary folder to OUT/VID under the output's lock: renamed there with
+    the marker inside, or, when OUT/VID already holds other files (RGB frames in the same root),
+    the files moved in and the marker written last. A video another process finished meanwhile
+    is left as it is (the temporary is removed)."""
+    dest = out_root / vid
+    marker = json.dumps({"vid": vid, "flow_frames": len(list(tmp.glob("*x.jpg")))}).encode()
+    with file_lock(out_root):
+        if is_done(out_root, vid):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif not dest.exists():
+            atomic_write_bytes(tmp / DONE_MARKER, marker)
+            os.replace(tmp, dest)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, dest / f.name)
+            tmp.rmdir()
+            atomic_write_bytes(dest / DONE_MARKER, marker)
+
+
 @contextlib.contextmanager
 def _video_dir(out_root: Path, vid: str) -> Iterator[Path]:
-    """A temporary folder for one video's frames, committed to OUT/VID under the output's lock
-    when the block ends: renamed there with the marker inside, or, when OUT/VID already holds
-    other files (RGB frames in the same root), the files moved in and the marker written last.
-    Removed on error; a video another process finished meanwhile is left as it is."""
-    dest = out_root / vid
-    tmp = temp_dir_for(dest)
+    """A temporary folder for one video's frames, committed to OUT/VID (_commit_video) when the
+    block ends, removed on error."""
+    tmp = temp_dir_for(out_root / vid)
     try:
         yield tmp
-        marker = json.dumps({"vid": vid, "flow_frames": len(list(tmp.glob("*x.jpg")))}).encode()
-        with file_lock(out_root):
-            if is_done(out_root, vid):
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif not dest.exists():
-                atomic_write_bytes(tmp / DONE_MARKER, marker)
-                os.replace(tmp, dest)
-            else:
-                for f in sorted(tmp.iterdir()):
-                    os.replace(f, dest / f.name)
-                tmp.rmdir()
-                atomic_write_bytes(dest / DONE_MARKER, marker)
+        _commit_video(out_root, vid, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -195,13 +203,6 @@ def split_pairs(count: int, parts: int) -> list[tuple[int, int | None]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _read_list(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such list file")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,7 @@ def _check_writable(out: Path) -> None:
 
 
 def _init_worker(threads: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends workers quietly (cli.run_main's handler is the parent's)
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
 
@@ -244,124 +246,151 @@ def _frame_count(src: str | Path) -> int:
         return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="video files or folders of frame images")
     parser.add_argument("-o", "-out", "--out", required=True, help="output root: OUT/VID/VID-000001x.jpg ...")
-    parser.add_argument("-list", "--list", help="text file with one input per line (added to INPUT...)")
+    parser.add_argument("-list", "--list", help="text file with one input per line, relative to the list file "
+                                                "(added to INPUT...)")
     parser.add_argument("-method", "--method", default="tvl1", choices=METHODS)
     parser.add_argument("-rgb", "--rgb", action="store_true", help="also write the RGB frames VID-000001.jpg")
-    parser.add_argument("-resize", "--resize", type=size_or_zero, default=256,
-                        help="smaller side of the frames the flow is computed on (0 keeps the size)")
-    parser.add_argument("-workers", "--workers", type=positive_int, default=None,
-                        help="processes, one thread each (default: one per core on CPU, 1 on CUDA); fewer "
-                             "videos than workers: each video's pairs are split between them")
-    parser.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1 (method tvl1)")
+    add_resize_crop(parser, 256, with_crop=False,
+                    resize_help="smaller side of the frames the flow is computed on (0 keeps the size)")
+    add_workers(parser, None, "processes, one thread each (default: one per core on CPU, 1 on CUDA); fewer "
+                              "videos than workers: each video's pairs are split between them")
+    add_device(parser, " (method tvl1)")
     parser.add_argument("-batch", "--batch", type=positive_int, default=8, help="frame pairs computed at once")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the TV-L1 iteration (default: on; about 30 s to compile once, "
                              "cached on disk; falls back to eager if it fails)")
     parser.add_argument("-visualize", "--visualize", action="store_true",
                         help="also write OUT/VID/flow_vis.png, the HSV-coded flow of the middle frame")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    if args.workers == 0:
+        parser.error("argument --workers/-workers: 0: must be at least 1")
+    return args
 
-    inputs = list(args.inputs) + (_read_list(args.list) if args.list else [])
+
+def gather_inputs(args: argparse.Namespace) -> list[str]:
+    """INPUT... and the --list entries (relative to the list file), each checked to exist and
+    their video names unique, before any work."""
+    inputs = list(args.inputs) + ([str(p) for p in read_list(args.list)] if args.list else [])
     if not inputs:
         raise UserError("no input videos or frame folders given")
+    for p in inputs:
+        if not Path(p).exists():
+            raise UserError(f"{p}: no such video or frame folder")
+        refuse_text_file(p)
     vids = [video_id(p) for p in inputs]
     dup = sorted({v for v in vids if vids.count(v) > 1})
     if dup:
         raise UserError(f"several inputs share the video name(s) {', '.join(dup)}")
+    return inputs
+
+
+def plan_jobs(todo: list[str], workers: int, device: torch.device, kwargs: dict, out: Path) -> tuple[list, dict]:
+    """The pool's jobs: a whole video each, or, with fewer videos than workers on CPU, each
+    video's pairs split into contiguous ranges solved into the video's temporary folder (the
+    parent finishes it). Returns (jobs, {src: split video's state})."""
+    parts = workers // len(todo) if todo and device.type == "cpu" and workers > len(todo) else 1
+    jobs: list[tuple] = []
+    split: dict[str, dict] = {}
+    for p in todo:
+        ranges = split_pairs(_frame_count(p), parts) if parts > 1 else [(0, None)]
+        if len(ranges) == 1:
+            jobs.append((p, kwargs))
+            continue
+        clean_stale_temps(out, video_id(p))  # a killed run's temporaries of this video only
+        folder = temp_dir_for(out / video_id(p))
+        split[str(p)] = dict(folder=folder, left=len(ranges), n=0, error=None)
+        jobs += [(p, kwargs, folder, a, b) for a, b in ranges]
+    return jobs, split
+
+
+def _start_pool(workers: int, jobs: list, device: torch.device, kwargs: dict, compile_step: bool):
+    """A process pool of `workers` (one thread each); on CPU forked after compiling here, so the
+    workers inherit the compiled kernels instead of each spending ~10 s of CPU loading them."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = "spawn"
+    if device.type == "cpu" and "fork" in mp.get_all_start_methods():
+        torch.set_num_threads(threads)  # before any parallel region: forking is then safe
+        if compile_step:
+            kwargs["compile_step"] = compile_available(device)
+        context = "fork"
+    return mp.get_context(context).Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(threads,))
+
+
+def _finish_split(out: Path, src: str, v: dict) -> str | None:
+    """All ranges of a split video are in: finish and commit it; the error, if any (its
+    temporary folder is then removed)."""
+    try:
+        if v["error"]:
+            raise FrameError(v["error"])
+        finish_video(src, v["folder"], v["n"])
+        _commit_video(out, video_id(src), v["folder"])
+        return None
+    except (FrameError, OSError) as e:
+        shutil.rmtree(v["folder"], ignore_errors=True)
+        return str(e)
+
+
+def collect(results, split: dict[str, dict], out: Path, total: int, quiet: bool) -> list[tuple[str, str]]:
+    """Take the jobs' results as they come, finishing each split video when its last range is
+    in; returns the failures [(src, error)]."""
+    failures: list[tuple[str, str]] = []
+    with tqdm(total=total, desc="videos", unit="video", disable=not total or quiet) as bar:
+        for src, n, err in results:
+            v = split.get(src)
+            if v is not None:
+                v["left"] -= 1
+                v["n"], v["error"] = max(v["n"], n), v["error"] or err
+                if v["left"]:
+                    continue
+                err = _finish_split(out, src, v)
+            bar.update(1)
+            if err:
+                failures.append((src, err))
+            else:
+                log.debug("%s: %d frames", src, n)
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    inputs = gather_inputs(args)  # before anything else: bad input is one line
+    start(args)
     out = Path(args.out)
     _check_writable(out)
     device = select_device(args.device) if args.method == "tvl1" else torch.device("cpu")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1) if device.type == "cpu" else 1
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-
     todo = [p for p in inputs if not is_done(out, video_id(p))]  # finished videos (marker) are skipped
     if len(todo) < len(inputs):
         log.info("%d of %d videos already done, skipped", len(inputs) - len(todo), len(inputs))
-    # Fewer videos than workers: each video's pairs are split into contiguous ranges, solved by
-    # different workers into the video's temporary folder; the parent finishes the video.
-    parts = workers // len(todo) if todo and device.type == "cpu" and workers > len(todo) else 1
-    plans = [(p, split_pairs(_frame_count(p), parts) if parts > 1 else [(0, None)]) for p in todo]
-    pooled = workers > 1 and sum(len(r) for _, r in plans) > 1
     compile_step = args.method == "tvl1" and args.compile is not False  # workers try it, else eager
     if compile_step and not compile_cached():
         log.info("compiling the TV-L1 kernels for this machine (first run only, about 15-35 s; cached on disk)")
     kwargs = dict(out_root=out, method=args.method, rgb=args.rgb, resize=args.resize, device=str(device),
                   batch=args.batch, visualize=args.visualize, compile_step=compile_step)
-    failures: list[tuple[str, str]] = []
-    saved_threads = None
+    # one thread per pair stream (as each --workers process gets): the fused TV-L1 kernels are
+    # memory bound, and with 2 OpenMP threads every kernel waits at a barrier whenever another
+    # process holds a core (measured 5-10x slower on a shared machine)
+    saved_threads = torch.get_num_threads()
     if device.type == "cpu":
-        # one thread per pair stream (as each --workers process gets): the fused TV-L1 kernels
-        # are memory bound, and with 2 OpenMP threads every kernel waits at a barrier whenever
-        # another process holds a core (measured 5-10x slower on a shared machine)
-        saved_threads = torch.get_num_threads()
         torch.set_num_threads(1)
-    jobs: list[tuple] = []
-    videos: dict[str, dict] = {}  # split videos: their open temporary folder and what is left
-    with contextlib.ExitStack() as outer:
-        for p, ranges in plans:
-            if len(ranges) == 1:
-                jobs.append((p, kwargs))
-                continue
-            clean_stale_temps(out, video_id(p))  # a killed run's temporaries of this video only
-            stack = outer.enter_context(contextlib.ExitStack())
-            folder = stack.enter_context(_video_dir(out, video_id(p)))
-            videos[str(p)] = dict(stack=stack, folder=folder, left=len(ranges), n=0, error=None)
-            jobs += [(p, kwargs, folder, a, b) for a, b in ranges]
-        pool = None
-        if pooled:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            context = "spawn"
-            if device.type == "cpu" and "fork" in mp.get_all_start_methods():
-                # compiled once here, then forked: the workers inherit the compiled kernels
-                # instead of each spending ~10 s of CPU importing the compiler and loading them
-                torch.set_num_threads(threads)  # before any parallel region: forking is then safe
-                if compile_step:
-                    kwargs["compile_step"] = compile_available(device)
-                context = "fork"
-            pool = mp.get_context(context).Pool(min(workers, len(jobs)), initializer=_init_worker,
-                                                initargs=(threads,))
-            results = pool.imap_unordered(_job, jobs)
-        else:
-            results = map(_job, jobs)
-        try:
-            with tqdm(total=len(todo), desc="videos", unit="video", disable=not jobs) as bar:
-                for src, n, err in results:
-                    v = videos.get(src)
-                    if v is None:
-                        bar.update(1)
-                        if err:
-                            failures.append((src, err))
-                        else:
-                            log.debug("%s: %d frames", src, n)
-                        continue
-                    v["left"] -= 1
-                    v["n"] = max(v["n"], n)
-                    v["error"] = v["error"] or err
-                    if v["left"]:
-                        continue
-                    bar.update(1)
-                    try:
-                        if v["error"]:
-                            raise FrameError(v["error"])
-                        finish_video(src, v["folder"], v["n"])
-                        v["stack"].close()  # renames the temporary folder to OUT/VID
-                    except (FrameError, OSError) as e:
-                        v["stack"].__exit__(type(e), e, e.__traceback__)  # removes it
-                        failures.append((src, str(e)))
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-            if saved_threads is not None:  # main() is also called in-process (tests, notebooks)
-                torch.set_num_threads(saved_threads)
+    jobs, split = plan_jobs(todo, workers, device, kwargs, out)
+    pool = _start_pool(workers, jobs, device, kwargs, compile_step) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap_unordered(_job, jobs) if pool is not None else map(_job, jobs)
+        failures = collect(results, split, out, len(todo), args.quiet)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        for v in split.values():  # a split video not committed (stopped, or failed): its temporaries go
+            shutil.rmtree(v["folder"], ignore_errors=True)
+        torch.set_num_threads(saved_threads)  # main() is also called in-process (tests, notebooks)
     if failures:
         for src, err in failures:
             print(f"dense_flow.py: failed: {err}", file=sys.stderr)

@@ -74,11 +74,9 @@ import weights
 from charades_metrics import LOCALIZE_POINTS, evaluate
 from errors import UserError
 from video_datasets import FORMATS, LabelledVideos, detect_format, read_dataset, read_recipe
-from runtime import select_device
 import metrics
-from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, apply_recorded, keep_freed_memory, nonneg_float,
-                 nonneg_int, positive_int, run_main, setup_logging)
-from pytorch_i3d import PRECISIONS
+from cli import (add_allow_gaps, add_data_args, add_device, add_precision, add_verbosity, add_workers, apply_recorded,
+                 keep_freed_memory, nonneg_float, nonneg_int, positive_int, run_main, start)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +186,7 @@ def evaluate_videos(args: argparse.Namespace, recipe: dict | None) -> int:
     summary = {k: result.get(k) for k in ("top1", "top5", "mean_class_accuracy", "map", "videos", "missing")
                if k in result}
     summary.update(failed=result["failed"], missing_videos=result["missing_videos"], num_classes=data.num_classes,
-                   format=data.format)
+                   format=data.format, precision=args.precision, precision_reason=args.precision_reason)
     if args.json:
         print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}))
     else:
@@ -247,18 +245,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="two streams: average the per-frame probabilities (default) or the logits")
     p.add_argument("--subset", choices=("training", "testing"), default="testing")
     add_data_args(p)  # --clip-frames, --crop, --resize: training's flags and defaults
-    p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default, exact); bf16/fp16 faster")
-    p.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
-                   help="threads decoding frames ahead of the network (0: none)")
+    add_device(p)
+    add_precision(p, "fp32", "scores as the references compute them; bf16/fp16 are faster")
+    add_workers(p, min(4, os.cpu_count() or 1), "threads decoding frames ahead of the network (0: none)")
     p.add_argument("--max-videos", type=positive_int, default=None, help="only the first N videos (sorted), for a quick look")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--submission", type=Path, default=None,
                    help="also write the official submission files PREFIX_classify.txt / PREFIX_localize.txt")
     add_allow_gaps(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if args.flow_model is not None and args.flow_root is None:
         p.error("--flow-model needs --flow-root")
@@ -270,11 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    apply_allow_gaps(args.allow_gaps)
     recipe = read_recipe(weights.resolve_weights(args.load_model))
     apply_recorded(args, argv, recipe, RECIPE_FLAGS)  # unless given, the flags the model was trained with
-    device = args._device = select_device(args.device)
+    device = args._device = start(args)
     fmt = args.format or (detect_format(args.split) if args.split else "folders")
     if fmt != "charades":
         return evaluate_videos(args, recipe)
@@ -289,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_submission(args.submission, result):
             log.info("wrote %s", path)
     summary = {k: v for k, v in result.items() if not isinstance(v, np.ndarray) and k != "vids"}
+    summary.update(precision=args.precision, precision_reason=args.precision_reason)
     if args.json:  # strict JSON: an undefined mAP (no class with a positive) is null, not NaN
         print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}))
     else:

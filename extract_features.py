@@ -27,15 +27,17 @@ What is computed (per video):
 
 Outputs: SAVE_DIR/KEY.npy (KEY keeps the input's folder structure), or with --format h5 one
 SAVE_DIR/features.h5 (features-K-of-N.h5 per shard), one dataset per video with attributes
-fps, stride, frames, endpoint, mode. Every finished video is first saved atomically as
+fps, stride, frames and the recipe (recipe()). Every finished video is first saved atomically as
 SAVE_DIR/.pending*/KEY.npz (array and attributes in one file); the HDF5 file is rebuilt from
 the previous one plus these in a temporary file (under a lock on SAVE_DIR, after checking the
 free space) and renamed at the end of the run, so a kill at any moment leaves the last good
 HDF5 file and the finished videos' .npz, which the rerun picks up (never recomputed).
 A full disk stops the run with one line (exit status 3); what was finished is kept.
 
-A rerun skips finished videos. A video that fails is named in the log, in SAVE_DIR/failures.txt
-(failures-K-of-N.txt per shard), the others go on, and the exit status is 1.
+A rerun skips finished videos of the same recipe; one made with another recipe refuses the run
+in one line naming the difference, unless --overwrite recomputes it. A video that fails is
+named in the log, in SAVE_DIR/failures.txt (failures-K-of-N.txt per shard), the others go on,
+and the exit status is 1.
 --shard K/N (or torchrun's RANK / WORLD_SIZE) takes videos i % N == K of the sorted list.
 """
 from __future__ import annotations
@@ -56,11 +58,9 @@ import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
                                    iter_pieces)
 from errors import DiskFullError, FrameError, UserError
-from runtime import select_device
-from cli import (add_allow_gaps, apply_allow_gaps, keep_freed_memory, nonneg_int, positive_int, run_main,
-                 setup_logging, size_or_zero)
+from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
+                 code_version, keep_freed_memory, nonneg_int, positive_int, run_main, size_or_zero, start)
 from feature_store import H5Store, NpyStore, parse_shard, shard
-from pytorch_i3d import PRECISIONS
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
 
@@ -109,90 +109,164 @@ def window_times(n: int, frames: int, fps: float, args: argparse.Namespace, endp
     return out
 
 
+def recipe(args: argparse.Namespace, mode: str, weights_sha256: str) -> dict:
+    """Every parameter that shapes a feature array, recorded in each output (sidecar JSON / HDF5
+    attributes) and compared on a rerun into the same SAVE_DIR. code_version is recorded too,
+    but not compared: a new commit is not a new recipe."""
+    r = {"mode": mode, "endpoint": args.endpoint, "stack": int(args.stack),
+         "step": int(args.step or args.stack) if args.stack else 0,
+         "centring": "ten crops" if args.ten_crop else "center crop",
+         "sample_fps": float(args.fps) if args.fps else 0.0,  # 0: every frame
+         "resize": "charades-rule" if args.resize is None else int(args.resize), "crop": int(args.crop),
+         "ten_crop": bool(args.ten_crop), "precision": args.precision, "weights_sha256": weights_sha256}
+    if mode == "flow" and args.input is not None:  # flow computed from video files
+        r.update(flow_resize=int(args.flow_resize), flow_jpeg=bool(args.flow_jpeg))
+    return r
+
+
+NOT_COMPARED = ("code_version",)
+RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
+               "weights_sha256", "flow_resize", "flow_jpeg")
+
+
+def recipe_difference(stored: dict, wanted: dict) -> str | None:
+    """'step 8 there, 4 asked' for the first parameter that differs; None when they agree."""
+    for k, v in wanted.items():
+        if k not in NOT_COMPARED and stored.get(k) != v:
+            had = "not recorded (an older version made it)" if k not in stored else f"{stored[k]!r} there"
+            return f"{k} {had}, {v!r} asked"
+    return None
+
+
+def select_todo(store, sources: list[VideoSource], wanted: dict, overwrite: bool) -> list[VideoSource]:
+    """The sources to extract: not done yet, or done with another recipe when --overwrite is
+    given; without it, a done video of another recipe refuses the run in one line."""
+    todo = []
+    for s in sources:
+        if not store.done(s.key):
+            todo.append(s)
+            continue
+        diff = recipe_difference(store.attrs(s.key), wanted)
+        if diff is None:
+            continue
+        if not overwrite:
+            raise UserError(f"{store.describe(s.key)} was made with another recipe ({diff}); give --overwrite to "
+                            f"recompute, or another -save_dir")
+        todo.append(s)
+    return todo
+
+
+def _loader(args: argparse.Namespace, todo: list[VideoSource], mode: str, crop: int, flow: FlowOptions | None,
+            device: torch.device):
+    dataset = StreamingVideoDataset(todo, mode=mode, resize=args.resize, crop=crop, fps=args.fps, flow=flow)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=2 if args.workers else None)
+
+
+def _reread(args, model, run, mode: str, device, source: VideoSource, total: int, crop: int, flow) -> np.ndarray:
+    """A video whose container reported the wrong frame count (rare), read again with its true
+    count, in this process."""
+    state = _new_state(args, model, run, mode, device, total)
+    for piece in iter_pieces(source, mode, args.resize, crop, fps=args.fps, flow=flow):
+        if piece["error"]:
+            raise FrameError(piece["error"])
+        state.push(piece["frames"].numpy())
+    return _finish(state, args.ten_crop)
+
+
+class _Run:
+    """One stream's extraction over its videos: the states of the videos in flight, pushed
+    piece by piece, finished and saved with their attributes when their last piece is in."""
+
+    def __init__(self, args, model, mode: str, device, todo: list[VideoSource], store, wanted: dict):
+        self.args, self.model, self.mode, self.device, self.todo, self.store = args, model, mode, device, todo, store
+        self.run = make_runner(model, device, mode, args.endpoint, args.crop if args.ten_crop else 0)
+        self.stride = args.step or args.stack if args.stack else temporal_stride(model, args.endpoint)
+        self.crop = 0 if args.ten_crop else args.crop
+        self.flow = _flow_options(args, device) if mode == "flow" else None
+        # --stack windows of all videos share batches (short videos fill them together)
+        self.batcher = WindowBatcher(self.run, args.batch_windows) if args.stack else None
+        self.attrs = {**wanted, "code_version": code_version()}
+        self.states: dict[int, object] = {}
+        self.broken: set[int] = set()
+        self.failures: list[tuple[str, str]] = []
+        self.done = self.frames = 0
+
+    def _fail(self, i: int, key: str, msg: str) -> None:
+        self.broken.add(i)
+        self.states.pop(i, None)
+        self.failures.append((key, msg))
+        log.error("%s", msg)
+
+    def push(self, item: dict) -> None:
+        i = item["index"]
+        if item["error"] is not None or i in self.broken:
+            return
+        if i not in self.states:
+            self.states[i] = _new_state(self.args, self.model, self.run, self.mode, self.device, item["total"],
+                                        self.batcher)
+        self.states[i].push(item["frames"].numpy())
+
+    def finish(self, item: dict) -> None:
+        i, key, count = item["index"], item["key"], int(item["count"])
+        try:
+            array = _finish(self.states.pop(i), self.args.ten_crop)
+        except LengthMismatch as e:
+            log.info("%s: %d frames, not the %d its container reported; re-reading", key, e.seen, item["total"])
+            array = _reread(self.args, self.model, self.run, self.mode, self.device, self.todo[i], e.seen,
+                            self.crop, self.flow)
+        steps = array.shape[-2] if self.args.stack else array.shape[1 if self.args.ten_crop else 0]
+        attrs = {"fps": float(item["fps"]), "stride": int(self.stride), "frames": count, **self.attrs,
+                 **window_times(steps, count, float(item["fps"]), self.args, self.args.endpoint, self.stride)}
+        self.store.save(key, array.astype(np.float32, copy=False), attrs)
+        self.done += 1
+        self.frames += count
+
+    def take(self, item: dict) -> bool:
+        """One item from the loader; True when it ended a video. A video's failure is recorded
+        and the others go on; a full disk stops the job."""
+        i, key = item["index"], item["key"]
+        try:
+            self.push(item)
+            if not item["last"] or i in self.broken:
+                return bool(item["last"])
+            if item["error"] is not None:
+                self._fail(i, key, item["error"])
+            else:
+                self.finish(item)
+        except DiskFullError:
+            raise  # every later video would fail too: stop the job, with one line
+        except Exception as e:  # e.g. frames smaller than the crop, out of memory, a bad re-read
+            self._fail(i, key, f"{key}: {e}")
+        return bool(item["last"])
+
+
 def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: list[VideoSource], mode: str,
-                   out_dir: Path, device: torch.device, tag: str = "") -> tuple[int, list[tuple[str, str]]]:
-    """Extract every source not done yet into out_dir; (videos done, [(key, error)])."""
-    store = _store(args, out_dir, tag)
-    todo = [s for s in sources if not store.done(s.key)]
-    log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo), len(todo))
-    endpoint = args.endpoint
-    run = make_runner(model, device, mode, endpoint, args.crop if args.ten_crop else 0)
-    stride = args.step or args.stack if args.stack else temporal_stride(model, endpoint)
-    crop = 0 if args.ten_crop else args.crop
-    failures: list[tuple[str, str]] = []
-    done = frames_total = 0
-    t0 = time.perf_counter()
+                   out_dir: Path, device: torch.device, tag: str = "",
+                   wanted: dict | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Extract every source not done yet (or done with another recipe, with --overwrite) into
+    out_dir; (videos done, [(key, error)])."""
     from tqdm import tqdm
 
-    flow = _flow_options(args, device) if mode == "flow" else None
-    dataset = StreamingVideoDataset(todo, mode=mode, resize=args.resize, crop=crop, fps=args.fps, flow=flow)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda",
-                                         prefetch_factor=2 if args.workers else None)
-    # --stack windows of all videos share batches (short videos fill them together).
-    batcher = WindowBatcher(run, args.batch_windows) if args.stack else None
-    states: dict[int, object] = {}
-    broken: set[int] = set()
-    bar = tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet)
+    wanted = wanted if wanted is not None else recipe(args, mode, "")
+    store = _store(args, out_dir, tag)
     try:
-        for item in background(loader):  # decoding (here or in workers) overlaps the network
-            i, key = item["index"], item["key"]
-            if item["error"] is None and i not in broken:
-                try:
-                    if i not in states:
-                        states[i] = _new_state(args, model, run, mode, device, item["total"], batcher)
-                    states[i].push(item["frames"].numpy())
-                except DiskFullError:
-                    raise
-                except Exception as e:  # e.g. frames smaller than the crop, out of memory
-                    broken.add(i)
-                    states.pop(i, None)
-                    failures.append((key, f"{key}: {e}"))
-                    log.error("%s: %s", key, e)
-            if not item["last"]:
-                continue
-            bar.update(1)
-            if i in broken:
-                continue
-            if item["error"] is not None:
-                states.pop(i, None)
-                failures.append((key, item["error"]))
-                log.error("%s", item["error"])
-                continue
-            try:
-                try:
-                    array = _finish(states.pop(i), args.ten_crop)
-                except LengthMismatch as e:
-                    # The container's frame count was wrong (rare): read this video again, in
-                    # this process, now that its length is known.
-                    log.info("%s: %d frames, not the %d its container reported; re-reading", key,
-                             e.seen, item["total"])
-                    state = _new_state(args, model, run, mode, device, e.seen)
-                    for piece in iter_pieces(todo[i], mode, args.resize, crop, fps=args.fps, flow=flow):
-                        if piece["error"]:
-                            raise FrameError(piece["error"])
-                        state.push(piece["frames"].numpy())
-                    array = _finish(state, args.ten_crop)
-                attrs = {"fps": float(item["fps"]), "stride": int(stride), "frames": int(item["count"]),
-                         "endpoint": endpoint, "mode": mode,
-                         **window_times(array.shape[-2] if args.stack else array.shape[1 if args.ten_crop else 0],
-                                        int(item["count"]), float(item["fps"]), args, endpoint, stride)}
-                store.save(key, array.astype(np.float32, copy=False), attrs)
-                done += 1
-                frames_total += int(item["count"])
-                bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}")
-            except DiskFullError:
-                raise  # every later video would fail too: stop the job, with one line
-            except Exception as e:
-                failures.append((key, f"{key}: {e}"))
-                log.error("%s: %s", key, e)
+        todo = select_todo(store, sources, wanted, getattr(args, "overwrite", False))
+        log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo),
+                 len(todo))
+        job = _Run(args, model, mode, device, todo, store, wanted)
+        t0 = time.perf_counter()
+        with tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet) as bar:
+            for item in background(_loader(args, todo, mode, job.crop, job.flow, device)):  # decoding overlaps
+                if job.take(item):
+                    bar.update(1)
+                    bar.set_postfix(fps=f"{job.frames / (time.perf_counter() - t0):.1f}")
     finally:
-        bar.close()
         store.close()
     dt = time.perf_counter() - t0
     log.info("%s: extracted %d videos (%d frames) in %.1fs, %.1f frames/s; %d skipped as done; %d failed",
-             mode, done, frames_total, dt, frames_total / max(dt, 1e-9), len(sources) - len(todo), len(failures))
-    return done, failures
+             mode, job.done, job.frames, dt, job.frames / max(dt, 1e-9), len(sources) - len(todo), len(job.failures))
+    return job.done, job.failures
 
 
 def default_workers() -> int:
@@ -237,15 +311,20 @@ def concat_streams(args: argparse.Namespace, sources: list[VideoSource], tag: st
     failures = []
     try:
         for src in sources:
-            if out.done(src.key) or not (rgb.done(src.key) and flow.done(src.key)):
+            if not (rgb.done(src.key) and flow.done(src.key)):
                 continue
-            (a, attrs), (b, _) = rgb.load(src.key), flow.load(src.key)
+            flow_attrs = flow.attrs(src.key)  # the flow stream's recipe too: either one redone remakes this
+            wanted = {**rgb.attrs(src.key), "mode": "rgb+flow",
+                      **{f"flow.{k}": flow_attrs[k] for k in RECIPE_KEYS if k in flow_attrs}}
+            if out.done(src.key) and recipe_difference(out.attrs(src.key), wanted) is None:
+                continue  # made from these very streams
+            (a, _), (b, _) = rgb.load(src.key), flow.load(src.key)
             if a.shape[:-1] != b.shape[:-1]:
                 msg = f"{src.key}: RGB {a.shape} and flow {b.shape} features do not line up; not concatenated"
                 log.error("%s", msg)
                 failures.append((f"concat:{src.key}", msg))
                 continue
-            out.save(src.key, np.concatenate([a, b], axis=-1), {**attrs, "mode": "rgb+flow"})
+            out.save(src.key, np.concatenate([a, b], axis=-1), wanted)
     finally:
         out.close()
     return failures
@@ -260,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow weights for -mode both (or -mode flow, instead of -load_model)")
     p.add_argument("--keep-flow", type=Path, default=None, metavar="DIR",
                    help="also write the flow computed from videos as dense_flow.py's JPEGs: DIR/KEY/VID-000001x.jpg")
-    p.add_argument("--flow-resize", type=int, default=256,
+    p.add_argument("--flow-resize", type=size_or_zero, default=256,
                    help="smaller side of the frames TV-L1 runs on, for flow from videos (dense_flow.py's --resize)")
     p.add_argument("--flow-jpeg", action=argparse.BooleanOptionalAction, default=True,
                    help="pass flow from videos through dense_flow.py's JPEG encoding, so the features equal the "
@@ -275,31 +354,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", type=Path, nargs="+", default=None,
                    help="video files, frame folders, folders of them, or .txt lists of them")
     p.add_argument("-save_dir", "--save-dir", type=Path, required=True)
-    p.add_argument("--device", "-gpu", default="auto", help="auto, cpu, cuda, cuda:1 (-gpu N means cuda:N)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default: equals the reference computation to 1e-4); bf16/fp16 faster")
+    add_device(p)
+    add_precision(p, "fp32", "features equal the reference computation to 1e-4; bf16/fp16 are faster")
     p.add_argument("--endpoint", default="Mixed_5c", choices=CONV_ENDPOINTS)
     p.add_argument("--stack", type=nonneg_int, default=0, help="frames per window (0: whole video)")
     p.add_argument("--step", type=nonneg_int, default=0, help="frames between window starts (default: --stack)")
     p.add_argument("--ten-crop", action="store_true", help="10 crops (corners, center, flips) on a crop axis")
-    p.add_argument("--resize", type=size_or_zero, default=None,
-                   help="smaller side to N pixels (0 keeps); default: the Charades rule (upscale if under 226)")
-    p.add_argument("--crop", type=size_or_zero, default=224, help="center crop size (0: whole frame)")
+    add_resize_crop(p, resize_default=None,
+                    resize_help="smaller side to N pixels (0 keeps); default: the Charades rule (upscale if under "
+                                "226), the original pytorch-i3d extract_features.py's input, whatever the weights "
+                                "(predict.py follows the weights' record instead: 256 for Kinetics models)")
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
-    p.add_argument("--workers", type=nonneg_int, default=None,
-                   help="decode worker processes (default: 0 on up to 4 cores, decoding in a thread of this "
-                        "process; at least 1 where TV-L1 flow is computed from video files)")
-    p.add_argument("--threads", type=nonneg_int, default=0,
-                   help="torch threads for the network (default: OMP_NUM_THREADS if set, else on CPU the cores "
-                        "not taken by decode worker processes, at least 1)")
+    add_workers(p, None, "decode worker processes (default: 0 on up to 4 cores, decoding in a thread of this "
+                         "process; at least 1 where TV-L1 flow is computed from video files)")
+    add_threads(p)
     p.add_argument("--chunk-frames", type=positive_int, default=CHUNK_FRAMES,
                    help="frames per engine step (default %(default)s; bounds memory; does not change the result)")
     p.add_argument("--batch-windows", type=positive_int, default=4,
                    help="--stack windows per forward pass, taken across videos")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute videos SAVE_DIR holds with another recipe (without it such a rerun is refused)")
     add_allow_gaps(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if (args.root is None) == (args.input is None):
         p.error("give either -root (Charades frame folders) or --input")
@@ -323,14 +400,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--concat needs -mode both")
     if args.keep_flow is not None and (args.mode == "rgb" or args.input is None):
         p.error("--keep-flow needs -mode flow or both on --input videos")
-    if args.flow_resize < 0:
-        p.error("--flow-resize must be 0 (keep) or positive")
     if args.stack < 0 or args.step < 0 or (args.step and not args.stack):
         p.error("--step needs --stack; both positive")
     if args.ten_crop and not args.crop:
         p.error("--ten-crop needs a --crop size")
-    if args.threads < 0:
-        p.error("--threads must be 0 (auto) or positive")
     if args.chunk_frames < 8:
         p.error("--chunk-frames must be at least 8")
     return args
@@ -338,32 +411,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    apply_allow_gaps(args.allow_gaps)
-    device = select_device(args.device)
+    k, n = parse_shard(args.shard)  # the inputs and the shard checked before anything else: bad input is one line
+    sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
+    modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
+    paths = {mode: weights.resolve_weights(name) for mode, name in modes}  # a weights typo: one line too
+    device = start(args)
     if args.workers is None:
         # TV-L1 from video files runs where decoding does: a worker process, not the network's threads
         flow_from_videos = args.mode in ("flow", "both") and args.input is not None
         args.workers = max(default_workers(), 1 if flow_from_videos else 0)
     if args.threads or (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ):
         torch.set_num_threads(args.threads or compute_threads(args.workers))
-    k, n = parse_shard(args.shard)
-    sources = charades_sources(args.root, args.split) if args.root is not None else input_sources(args.input)
     mine = shard(sources, k, n)
     check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
-    modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
-    models = {}
-    for mode, weights_name in modes:  # both loaded first: wrong weights stop the run before anything is written
-        model = weights.load_model(weights.resolve_weights(weights_name), mode=mode,
-                                   final_endpoint=args.endpoint, device=device)
+    models, recipes = {}, {}
+    for mode, path in paths.items():  # both loaded first: wrong weights stop the run before anything is written
+        model = weights.load_model(path, mode=mode, final_endpoint=args.endpoint, device=device)
         models[mode] = model.for_inference(precision=args.precision, device=device)
+        recipes[mode] = recipe(args, mode, weights.file_sha256(path))
         del model  # the plain copy is not used again
     failures: list[tuple[str, str]] = []
     for mode, _ in modes:
         out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
-        _, fails = extract_videos(args, models.pop(mode), mine, mode, out_dir, device, tag)
+        _, fails = extract_videos(args, models.pop(mode), mine, mode, out_dir, device, tag, recipes[mode])
         failures += [(f"{mode}:{key}" if args.mode == "both" else key, msg) for key, msg in fails]
         failures_file = out_dir / f"failures{tag}.txt"
         if fails:

@@ -74,6 +74,17 @@ class NpyStore:
             side.unlink(missing_ok=True)  # no sidecar without its array
             raise
 
+    def attrs(self, key: str) -> dict:
+        """The attributes (recipe included) saved with a finished video; {} where none."""
+        side = self.out_dir / f"{key}.json"
+        try:
+            return json.loads(side.read_text()) if side.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def describe(self, key: str) -> str:
+        return str(self.out_dir / f"{key}.npy")
+
     def load(self, key: str) -> tuple[np.ndarray, dict]:
         side = self.out_dir / f"{key}.json"
         return (np.load(self.out_dir / f"{key}.npy", allow_pickle=False),
@@ -133,10 +144,23 @@ class H5Store:
                 out.append((key[:-4], [p, p.with_name(p.name[:-4] + ".attrs.json")]))
         return out
 
-    def load(self, key: str) -> tuple[np.ndarray, dict]:
+    def attrs(self, key: str) -> dict:
+        """The attributes (recipe included) saved with a finished video; {} where none."""
         if self._pending(key).is_file():
-            side = self.pending / f"{key}.attrs.json"
-            return np.load(self._pending(key), allow_pickle=False), json.loads(side.read_text()) if side.is_file() else {}
+            with np.load(self._pending(key), allow_pickle=False) as z:
+                return json.loads(str(z["attrs"]))
+        if key not in self.present:
+            return {}
+        with self.h5py.File(self.path, "r", locking=False) as f:
+            return {k: v.tolist() if hasattr(v, "tolist") else v for k, v in f[key].attrs.items()}
+
+    def describe(self, key: str) -> str:
+        return f"{self.path}:{key}"
+
+    def load(self, key: str) -> tuple[np.ndarray, dict]:
+        if self._pending(key).is_file():  # array and attributes in one .npz
+            with np.load(self._pending(key), allow_pickle=False) as z:
+                return z["array"], json.loads(str(z["attrs"]))
         with self.h5py.File(self.path, "r", locking=False) as f:
             ds = f[key]
             return ds[()], {k: v.tolist() if hasattr(v, "tolist") else v for k, v in ds.attrs.items()}
@@ -158,8 +182,8 @@ class H5Store:
                         shutil.copyfile(self.path, tmp)
                     with self.h5py.File(tmp, "a", locking=False) as f:
                         for key, files in new:
-                            if key in f:
-                                continue
+                            if key in f:  # recomputed (--overwrite): the pending file is the newer
+                                del f[key]
                             if files[0].suffix == ".npz":
                                 with np.load(files[0], allow_pickle=False) as z:
                                     array, attrs = z["array"], json.loads(str(z["attrs"]))

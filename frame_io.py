@@ -6,7 +6,8 @@ turns a stack of them into float32 at the very end (no float64 anywhere).
 
 Layouts:
 - a video file: anything OpenCV decodes (mp4, avi, webm, mkv, gif, ...);
-- a frame folder: image files sorted by name;
+- a frame folder: read by kind from its file names (list_frame_files: RGB, flow x/y pairs,
+  or plain images), the same in every job;
 - Charades / pytorch-i3d: `root/VID/VID-000001.jpg` (RGB) and `VID-000001x.jpg`, `...y.jpg` (flow).
 """
 from __future__ import annotations
@@ -50,12 +51,89 @@ def is_video_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTS
 
 
-def list_frame_files(folder: str | Path) -> list[Path]:
-    """Image files of a frame folder, sorted by name."""
+LIST_EXTS = {".txt", ".lst"}  # a list of inputs: one path per line
+
+
+def read_list(path: str | Path) -> list[Path]:
+    """The inputs a list file names, one per line ('#' comments and blank lines skipped),
+    relative to the list file's folder (absolute paths stay as they are), in every job alike.
+    A file that is not a list is refused: another suffix (README.md), unreadable text, or no
+    line naming an existing file or folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrameError(f"{path}: no such list file")
+    if path.suffix.lower() not in LIST_EXTS:
+        raise FrameError(f"{path}: not a list of inputs (a list is a {' or '.join(sorted(LIST_EXTS))} file, "
+                         f"one video or frame folder per line)")
+    try:
+        lines = path.read_text().splitlines()
+    except (UnicodeDecodeError, OSError) as e:
+        raise FrameError(f"{path}: not a readable text list ({e.__class__.__name__})") from None
+    entries = [path.parent / ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if entries and not any(p.exists() for p in entries):
+        raise FrameError(f"{path}: not a list of inputs: none of its {len(entries)} entries exists "
+                         f"(entries are relative to the list file's folder)")
+    return entries
+
+
+# Frame folders are read by kind, from the file names (stems), the same way in every job:
+# - flow: `...x.jpg` / `...y.jpg` pairs, a number then x or y (dense_flow.py's VID-000001x.jpg);
+# - rgb: numbered frames without that suffix (VID-000001.jpg, frame_0001.png); a folder with no
+#   numbered frame of either kind is read as plain images sorted by name;
+# any other image beside numbered frames (dense_flow's flow_vis.png, a cover.jpg) is named in a
+# warning and not read. So a folder dense_flow.py filled with RGB, flow and flow_vis.png reads
+# as its RGB frames for RGB and as its x/y pairs for flow.
+FRAME_KINDS = ("rgb", "flow")
+_FLOW_STEM = re.compile(r"^.*\d[xy]$")
+_RGB_STEM = re.compile(r"^.*\d$")
+_warned_folders: set[tuple[str, str]] = set()
+
+
+def frame_kind(name: str | Path) -> str | None:
+    """'flow' (…0001x.jpg / …0001y.jpg), 'rgb' (…0001.jpg) or None (no frame number)."""
+    stem = Path(name).stem
+    return "flow" if _FLOW_STEM.match(stem) else "rgb" if _RGB_STEM.match(stem) else None
+
+
+def refuse_text_file(path: str | Path) -> None:
+    """A text file given where a video is expected (README.md, notes, a list without .txt) is
+    refused in one line instead of failing later as an unreadable video: video containers hold
+    NUL bytes in their first 4 KiB (box / chunk sizes), text files do not."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() in LIST_EXTS:
+        return
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        raise FrameError(f"{path}: a text file, not a video (a list of inputs is a {' or '.join(sorted(LIST_EXTS))} "
+                         f"file)")
+
+
+def list_frame_files(folder: str | Path, kind: str = "rgb") -> list[Path]:
+    """The frame images of `kind` in a folder, sorted by name (flow: the x file of each pair).
+    Images of no kind beside numbered frames are named in a warning (once per folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FrameError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    kinds = {p: frame_kind(p) for p in images}
+    if not any(kinds.values()):  # plain images, nothing numbered: RGB frames by name
+        if kind == "flow" and images:
+            raise FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
+        return images
+    other = [p.name for p, k in kinds.items() if k is None]
+    if other and (str(folder), kind) not in _warned_folders:
+        _warned_folders.add((str(folder), kind))
+        log.warning("%s: %d file(s) that are not %s frames ignored: %s", folder, len(other), kind,
+                    ", ".join(other[:5]) + (" ..." if len(other) > 5 else ""))
+    if kind == "flow":
+        files = [p for p, k in kinds.items() if k == "flow" and p.stem.endswith("x")]
+    else:
+        files = [p for p, k in kinds.items() if k == "rgb"]
     return _check_numbering(files)
 
 
@@ -328,7 +406,7 @@ def flow_folder_frames(folder: str | Path) -> tuple[int, Iterator[np.ndarray]]:
     """(count, iterator) of the x/y flow JPEG pairs of a folder (`*x.jpg` with `*y.jpg`, as
     dense_flow.py writes them), each as uint8 (H, W, 2)."""
     folder = Path(folder)
-    xs = [f for f in list_frame_files(folder) if f.stem.endswith("x")]
+    xs = list_frame_files(folder, "flow")
     if not xs:
         raise FrameError(f"{folder}: no flow frames (*x.jpg / *y.jpg)")
 

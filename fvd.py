@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from errors import FrameError, UserError
 from runtime import select_device
-from cli import keep_freed_memory, run_main, setup_logging
+from cli import add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, run_main, start
 from atomic_io import atomic_write
-from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames
+from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_frames, read_list
 from pytorch_i3d import check_precision
 from weights import MODELS_DIR, load_model, resolve_weights
 
@@ -123,8 +123,10 @@ def list_set(spec: str | Path) -> tuple[str, Any]:
             raise UserError(f"{p}: a single frame folder is one video; a set is a folder of videos or frame folders")
         items = sorted(f for f in p.iterdir() if (f.is_file() and is_video_file(f)) or _is_frame_folder(f))
     else:
-        lines = [s.strip() for s in p.read_text().splitlines()]
-        items = [(p.parent / s) for s in lines if s and not s.startswith("#")]
+        try:
+            items = read_list(p)  # relative to the list file; README.md is not a list
+        except FrameError as e:
+            raise UserError(str(e)) from None
     return "files", items
 
 
@@ -324,7 +326,9 @@ class Extractor:
             "seed": seed, "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias",
                                      "none": "none"}[resize], "size": SIZE if resize != "none" else None,
             "rescale": "2*x/255-1" if rescale else "none", "features": "400 logits averaged over time",
-            "covariance": "float64, N-1", "precision": precision}
+            "covariance": "float64, N-1", "precision": precision,
+            # bf16 moves FVD by about 1 % (README): such statistics are recorded as not the reference's
+            "reference_precision": precision == "fp32", "code_version": code_version()}
 
     def _run(self, batch: list[torch.Tensor]) -> np.ndarray:
         x = torch.cat(batch)  # (B*K, 3, T, H, W)
@@ -460,15 +464,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-resize", action="store_true", help="feed frames at their own size")
     p.add_argument("--no-rescale", action="store_true", help="feed values as they are (no 2x/255-1)")
     p.add_argument("--weights", default="rgb_scratch", help="a converted RGB I3D checkpoint (name or .pt path)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("-device", "--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("-gpu", dest="device", help="GPU number (the original flag)")
+    add_precision(p, "fp32", "the reference computes in fp32; bf16 is recorded as not the reference",
+                  choices=("fp32", "bf16"))
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=4, help="videos of equal shape per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default min(4, CPUs))")
+    add_workers(p, None, "DataLoader decode workers (default min(4, CPUs))")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos (listed) instead of failing")
     p.add_argument("--save-stats", nargs="+", type=Path, metavar="FILE.npz", help="statistics of each set")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if len(args.sets) > 2:
         p.error("give one or two sets")
@@ -525,11 +529,14 @@ def port_table(weights: str | Path = MODELS_DIR / "rgb_scratch.pt", clips: int =
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    for s in args.sets:  # every set checked (exists, is a set) before anything else: one line
+        if s.suffix != ".npz":
+            list_set(s)
+    start(args)
     protocol = dict(weights=args.weights, frames=args.frames, clips=args.clips, seed=args.seed,
                     resize="none" if args.no_resize else args.resize_method, rescale=not args.no_rescale,
                     precision=args.precision, device=args.device, batch_size=args.batch_size, workers=args.workers,
-                    skip_bad=args.skip_bad)
+                    skip_bad=args.skip_bad, progress=not args.quiet)
     needs_model = any(s.suffix != ".npz" for s in args.sets)
     ext = Extractor(**protocol) if needs_model else None
     stats = [ext.statistics(s) if ext else Stats.load(s) for s in args.sets]

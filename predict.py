@@ -4,8 +4,10 @@
     python predict.py clip.mp4 --weights models/rgb_imagenet.pt \
         --flow-weights models/flow_imagenet.pt [--flow-input flow/clip]   # two-stream
 
-INPUT is a video file (anything OpenCV decodes) or a folder of frame images sorted by name.
-Frames: smaller side to --resize pixels, center crop --crop, values in [-1, 1]. The logits are
+INPUT is a video file (anything OpenCV decodes) or a frame folder (read by kind, frame_io:
+its RGB frames VID-000001.jpg, or plain images sorted by name). Frames: the input the weights
+expect (weights.py's record: smaller side 256, center crop 224 for the Kinetics models; --resize
+and --crop override it), values in [-1, 1]. The logits are
 averaged over time; two-stream adds the RGB and flow logits, then softmax. Every video streams
 through the network in chunks (streaming.py: each layer keeps just the frames it still needs),
 so memory does not grow with length and the result equals running the whole video at once.
@@ -26,9 +28,8 @@ import torch
 import frame_io
 import weights as weights_mod
 from errors import FrameError, UserError
-from runtime import select_device
-from cli import apply_recorded, keep_freed_memory, positive_int, run_main, setup_logging, size_or_zero
-from pytorch_i3d import PRECISIONS
+from cli import (add_device, add_precision, add_resize_crop, add_verbosity, apply_recorded, keep_freed_memory,
+                 positive_int, run_main, start)
 from streaming import stream_logits
 from tvl1 import iter_video_flow
 from video_datasets import read_recipe
@@ -47,23 +48,25 @@ def load_labels(num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def rgb_clips(source: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
-    """Frames of a video or frame folder, resized and center-cropped, as uint8 (H, W, 3)."""
-    for frame in frame_io.iter_frames(source, resize=resize):
-        yield frame_io.center_crop(frame, crop)
+def rgb_clips(source: Path, resize: int | None, crop: int) -> Iterator[np.ndarray]:
+    """Frames of a video or frame folder, resized (None: the Charades rule) and center-cropped,
+    as uint8 (H, W, 3)."""
+    for frame in frame_io.iter_frames(source, resize=resize or 0):
+        yield frame_io.center_crop(frame_io.resize_for_mode(frame, None, "rgb") if resize is None else frame, crop)
 
 
-def flow_frames(folder: Path, resize: int, crop: int) -> Iterator[np.ndarray]:
+def flow_frames(folder: Path, resize: int | None, crop: int) -> Iterator[np.ndarray]:
     """x/y flow JPEGs (dense_flow.py's `*x.jpg`, `*y.jpg`) as uint8 (H, W, 2)."""
     for pair in frame_io.flow_folder_frames(folder)[1]:
-        yield frame_io.center_crop(frame_io.resize_smaller_side(pair, resize), crop)
+        yield frame_io.center_crop(frame_io.resize_for_mode(pair, resize, "flow"), crop)
 
 
-def computed_flow_frames(source: Path, resize: int, crop: int, device: torch.device) -> Iterator[np.ndarray]:
+def computed_flow_frames(source: Path, resize: int | None, crop: int, device: torch.device) -> Iterator[np.ndarray]:
     """TV-L1 flow computed on the fly (tvl1.py), frame pair by frame pair in bounded memory,
     encoded exactly as dense_flow.py's JPEGs read back (8-bit, JPEG round trip; frame N repeats
     flow N-1), as uint8 (H, W, 2)."""
-    grays = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frame_io.iter_frames(source, resize=resize))
+    grays = (cv2.cvtColor(frame_io.resize_for_mode(f, resize, "rgb"), cv2.COLOR_RGB2GRAY)
+             for f in frame_io.iter_frames(source))
     try:
         for flow in iter_video_flow(grays, device=device):
             yield frame_io.center_crop(flow, crop)
@@ -92,6 +95,28 @@ def build_model(weights: Path, mode: str, device: torch.device, precision: str) 
     return model.for_inference(precision=precision, device=device)
 
 
+def input_size(args: argparse.Namespace) -> tuple[int | None, int, str]:
+    """(resize, crop, where from): --resize / --crop as given, else the weights record's
+    preprocessing (weights.py), else DeepMind's Kinetics input (smaller side 256, crop 224)."""
+    info = weights_mod.weights_info(args.weights)
+    pre = info.preprocessing if info else weights_mod.KINETICS
+    source = f"{Path(args.weights).stem}'s record" if info else "the Kinetics default"
+    resize = args.resize if args.resize is not None else pre.resize
+    crop = args.crop if args.crop is not None else pre.crop
+    return resize, crop, source
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The weights and every INPUT and --flow-input exist, before anything else (exit 2 otherwise)."""
+    for p in [*args.inputs, *(args.flow_input or [])]:
+        if not p.exists():
+            raise UserError(f"{p}: no such video file or frame folder")
+        frame_io.refuse_text_file(p)
+    for w in (args.weights, args.flow_weights):
+        if w is not None:
+            weights_mod.resolve_weights(w)  # a missing file or a typo in a name: one line
+
+
 def top_k(logits: torch.Tensor, labels: list[str], k: int) -> dict:
     logits = logits.double()
     probs = torch.softmax(logits, dim=0)
@@ -115,11 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "without it, TV-L1 flow is computed on the fly, as dense_flow.py would")
     p.add_argument("--top", type=positive_int, default=5, help="classes to show per input")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of text")
-    p.add_argument("--resize", type=size_or_zero, default=256, help="smaller side in pixels (0 keeps the frames)")
-    p.add_argument("--crop", type=size_or_zero, default=224, help="center crop size (0: no crop)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_resize_crop(p, resize_default=None, crop_default=None,
+                    resize_help="smaller side in pixels (0 keeps the frames; default: what the weights expect, "
+                                "weights.py's record: 256 for the Kinetics models, the Charades rule for Charades ones)",
+                    crop_help="center crop size (0: no crop; default: the weights' record, 224)")
+    add_device(p)
+    add_precision(p, "auto", "classification keeps its top classes in bf16")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if args.top < 1:
         p.error("--top must be at least 1")
@@ -133,13 +160,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    device = select_device(args.device)
-    # a model trained by train_i3d.py: its crop, resize and class names (resize None is training's
-    # upscale-if-small rule, which predict does not have: then --resize stays as given or 256)
+    check_inputs(args)  # before anything else: bad input is one line
+    device = start(args)
+    # a model trained by train_i3d.py: its crop, resize (when it set one) and class names
     recipe = read_recipe(weights_mod.resolve_weights(args.weights))
     apply_recorded(args, argv, {k: v for k, v in (recipe or {}).items() if k != "resize" or v is not None},
                    {"crop": "--crop", "resize": "--resize"})
+    resize, crop, size_from = input_size(args)
+    log.info("input: smaller side %s, center crop %d (%s)", "by the Charades rule" if resize is None else resize,
+             crop, "--resize/--crop" if args.resize is not None and args.crop is not None else size_from)
     rgb_model = build_model(args.weights, "rgb", device, args.precision)
     flow_model = build_model(args.flow_weights, "flow", device, args.precision) if args.flow_weights else None
     if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
@@ -151,22 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     results, failures = [], []
     for i, source in enumerate(args.inputs):
         try:
-            logits = video_logits(rgb_model, lambda: rgb_clips(source, args.resize, args.crop),
+            logits = video_logits(rgb_model, lambda: rgb_clips(source, resize, crop),
                                   frame_count(source), device)
             if flow_model is not None:
                 if args.flow_input:
                     folder = args.flow_input[i]
-                    flow = lambda: flow_frames(folder, args.resize, args.crop)  # noqa: E731
+                    flow = lambda: flow_frames(folder, resize, crop)  # noqa: E731
                     count = None
                 else:  # the same count as the RGB frames (frame N repeats flow N-1)
-                    flow = lambda: computed_flow_frames(source, args.resize, args.crop, device)  # noqa: E731
+                    flow = lambda: computed_flow_frames(source, resize, crop, device)  # noqa: E731
                     count = frame_count(source)
                 logits = logits + video_logits(flow_model, flow, count, device)
         except FrameError as e:
             print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
             failures.append(source)
             continue
-        result = {"input": str(source), **top_k(logits, labels, args.top)}
+        result = {"input": str(source), "precision": args.precision, "precision_reason": args.precision_reason,
+                  **top_k(logits, labels, args.top)}
         results.append(result)
         if not args.json:
             print(f"{source}")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import atomic_io
 import frame_io
-from cli import run_main, setup_logging
+from cli import add_verbosity, run_main, start
 from pytorch_i3d import InceptionI3d
 from tvl1 import flow_to_uint8
 
@@ -78,14 +78,14 @@ def render_video(rng: np.random.Generator, num_classes: int, num_frames: int, he
 
 
 def write_dataset(out: str | Path, videos: int = 40, num_classes: int = 4, frames: int = 48, size: int = 128,
-                  flow: bool = False, test_fraction: float = 0.3, seed: int = 0) -> Path:
+                  flow: bool = False, test_fraction: float = 0.3, seed: int = 0, progress: bool = True) -> Path:
     """Render the dataset into `out`; returns the path of its charades.json."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     height, width = size, int(round(size * 1.25))
     annotations = {}
     n_test = max(1, int(round(videos * test_fraction)))
-    for i in tqdm(range(videos), desc="rendering", unit="video"):
+    for i in tqdm(range(videos), desc="rendering", unit="video", disable=not progress):
         vid = f"SYN{i:04d}"
         n = int(rng.integers(max(8, frames * 3 // 4), frames + 1))
         rgb, motion, actions = render_video(rng, num_classes, n, height, width, object_size=max(8, size // 4))
@@ -125,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flow", action="store_true", help="also write ground-truth flow frames")
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    add_verbosity(p)
     args = p.parse_args(argv)
-    setup_logging()
+    start(args)
     if args.videos < 2 or args.classes < 1 or args.frames < 8 or args.size < 32:
         p.error("need --videos >= 2, --classes >= 1, --frames >= 8, --size >= 32")
-    write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed)
+    write_dataset(args.out, args.videos, args.classes, args.frames, args.size, args.flow, args.test_fraction, args.seed,
+                  progress=not args.quiet)
     return 0
 
 

@@ -61,8 +61,8 @@ import videotransforms
 from charades_dataset import NUM_CLASSES as CHARADES_CLASSES, Charades
 from errors import UserError
 from runtime import dist_env, select_device
-from cli import (add_data_args, add_allow_gaps, apply_allow_gaps, nonneg_float, nonneg_int, positive_float,
-                 positive_int, run_main, setup_logging)
+from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
+                 positive_float, positive_int, run_main, start)
 import video_eval
 from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock
@@ -457,7 +457,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
              "steps %d -> %d", args.mode, device, len(data.dataset), data.format, data.num_classes, args.batch_size,
              args.accum, world_size, run.step, args.max_steps)
     accum_pos, sums = 0, torch.zeros(3, dtype=torch.float64)
-    progress = tqdm(total=args.max_steps, initial=run.step, unit="step", disable=not run.main, dynamic_ncols=True)
+    progress = tqdm(total=args.max_steps, initial=run.step, unit="step",
+                    disable=not run.main or getattr(args, "quiet", False), dynamic_ncols=True)
     with StopFlag() as stop:
         while run.step < args.max_steps:
             data.dataset.set_epoch(run.epoch)
@@ -530,8 +531,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-7)
     p.add_argument("--milestones", type=nonneg_int, nargs="*", default=[300, 1000], help="MultiStepLR steps (x0.1 each)")
     add_data_args(p, crop_zero_ok=False)
-    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers (the original used 36)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (torchrun: each rank its local GPU)")
+    add_workers(p, 0, "DataLoader workers (the original used 36)")
+    add_device(p, " (torchrun: each rank its local GPU)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep batch norm in eval mode (running statistics; for small batches / short fine-tuning)")
     p.add_argument("--amp", action="store_true",
@@ -546,7 +547,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", nargs="?", const="auto", default=None,
                    help="save loss / mAP curves as PNG (default path {save_model}curves.png)")
     add_allow_gaps(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if args.init is None:
         args.init = f"{args.mode}_imagenet"
@@ -559,8 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    apply_allow_gaps(args.allow_gaps)
+    start(args)
     if dist_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
     result = train(args)

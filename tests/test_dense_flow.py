@@ -18,6 +18,7 @@ import synthetic_charades
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a TV-L1 solve per pair, several seconds on 2 cores
 @pytest.mark.parametrize("kind", ["translation", "rotation", "patch"])
 def test_tvl1_matches_ground_truth_and_opencv(kind):
     f0, f1, gt = synthetic_charades.synthetic_pair(96, 128, kind, seed=1)
@@ -163,7 +164,7 @@ def test_cli_resume_skips_finished_and_redoes_unfinished(tmp_path, tiny_video):
 @pytest.mark.slow
 def test_cli_failures(tmp_path, tiny_video):
     bad = tmp_path / "broken.mp4"
-    bad.write_bytes(b"not a video at all")
+    bad.write_bytes(b"\0\0\0\x18ftyp not a video at all")  # binary: tried as a video (text is refused first)
     one = tmp_path / "single"
     one.mkdir()
     write_image(one / "a.png", _textured_frames(1)[0])

@@ -478,3 +478,42 @@ def test_split_file_selects_videos(tmp_path, weights_file):
     assert run_cli("-load_model", weights_file, "-root", root, "-split", split, "-save_dir", out,
                    "--resize", "0", "--crop", "32", "--workers", "0", "-q") == 0
     assert sorted(p.name for p in out.glob("*.npy")) == ["A.npy", "C.npy"]
+
+
+RECIPE_KEYS = {"mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
+               "weights_sha256", "code_version"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["npy", "h5"])
+def test_outputs_carry_their_recipe_and_a_stale_rerun_is_refused(tmp_path, weights_file, fmt):
+    """The issue's case: --stack 16 --step 8, then --step 4 into the same SAVE_DIR. The rerun
+    refuses in one line naming the difference and keeps the step-8 arrays; --overwrite
+    recomputes them; every output records its recipe."""
+    from errors import UserError
+    import weights
+
+    root = tmp_path / "root"
+    make_charades(root, "A", 24)
+    out = tmp_path / "out"
+    common = ["-load_model", weights_file, "-root", root, "-save_dir", out, "--resize", "0", "--crop", "32",
+              "--workers", "0", "-q", "--stack", "16", "--format", fmt, "--device", "cpu"]
+
+    def stored() -> tuple[np.ndarray, dict]:
+        store = ef._store(ef.parse_args([str(a) for a in common]), out, "")
+        return store.load("A")
+
+    assert run_cli(*common, "--step", "8") == 0
+    first, attrs = stored()
+    assert first.shape == (2, 1024)
+    assert RECIPE_KEYS <= set(attrs), RECIPE_KEYS - set(attrs)
+    assert attrs["step"] == 8 and attrs["stack"] == 16 and attrs["precision"] == "fp32" and attrs["crop"] == 32
+    assert attrs["weights_sha256"] == weights.file_sha256(weights_file) and attrs["mode"] == "rgb"
+    assert run_cli(*common, "--step", "8") == 0  # the same recipe: skipped as done
+    with pytest.raises(UserError, match=r"was made with another recipe \(step 8 there, 4 asked\); give --overwrite"):
+        run_cli(*common, "--step", "4")
+    assert np.array_equal(stored()[0], first)  # the step-8 arrays are kept, not passed off as step 4
+    assert run_cli(*common, "--step", "4", "--overwrite") == 0
+    again, attrs = stored()
+    assert again.shape == (3, 1024) and attrs["step"] == 4
+    assert_close(again[::2], first)  # the windows at 0 and 8 are the same computation

@@ -17,10 +17,12 @@ import torch
 
 import dense_flow
 import extract_features as ef
+import feature_store
 import frame_io
 import predict
 import synthetic_charades
 import tvl1
+from charades_dataset_full import input_sources
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +86,16 @@ def test_flow_from_video_equals_two_step_path(tmp_path, weights):
     side = json.loads((tmp_path / "one" / "concat" / "clip.json").read_text())
     assert side["fps"] == 10 and side["frames"] == 12 and side["mode"] == "rgb+flow"
     assert side["window_start_s"] == [0.0, 0.4] and side["window_end_s"] == [0.8, 1.2]
+    # the concatenation records both streams' recipes, and is remade when the flow stream is redone
+    assert side["weights_sha256"] != side["flow.weights_sha256"] and side["flow.flow_jpeg"] is True
+    flow_side = json.loads((tmp_path / "one" / "flow" / "clip.json").read_text())
+    store = feature_store.NpyStore(tmp_path / "one" / "flow")
+    store.save("clip", 2 * one, {**flow_side, "flow_jpeg": False})  # as an --overwrite --no-flow-jpeg rerun would
+    args = ef.parse_args(["-mode", "both", "-load_model", weights["rgb"], "--flow-model", weights["flow"], "--input",
+                          str(video), "-save_dir", str(tmp_path / "one"), "--concat", *SMALL])
+    assert ef.concat_streams(args, input_sources([video]), "") == []
+    assert np.array_equal(np.load(tmp_path / "one" / "concat" / "clip.npy")[:, 1024:], 2 * one)
+    assert json.loads((tmp_path / "one" / "concat" / "clip.json").read_text())["flow.flow_jpeg"] is False
 
 
 @pytest.mark.slow

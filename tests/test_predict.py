@@ -127,7 +127,7 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
         (tmp_path / "empty.mp4").write_bytes(b"")
         args[0] = str(tmp_path / "empty.mp4")
     elif case == "not_a_video":
-        (tmp_path / "text.mp4").write_text("this is not a video\n" * 100)
+        (tmp_path / "text.mp4").write_bytes(b"\0\1 not a video\n" * 100)  # binary: tried as a video
         args[0] = str(tmp_path / "text.mp4")
     elif case == "flow_weights":
         torch.save(InceptionI3d(400, in_channels=2).state_dict(), tmp_path / "flow.pt")
@@ -142,18 +142,19 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("predict.py: error: ")]
     expected = {
-        "missing": f"{tmp_path / 'missing.mp4'}: no such video file",
+        "missing": f"{tmp_path / 'missing.mp4'}: no such video file or frame folder",
         "empty": f"{tmp_path / 'empty.mp4'}: unreadable video",
         "not_a_video": f"{tmp_path / 'text.mp4'}: unreadable video",
         "flow_weights": f"{tmp_path / 'flow.pt'}: these are flow weights (2 input channels); mode rgb needs 3",
-        "precision": "argument --precision: invalid choice: 'fp8'",
-        "weights_name": "weights no_such_weights not present; make them with: python weights.py no_such_weights",
+        "precision": "argument --precision/-precision: invalid choice: 'fp8'",
+        "weights_name": "unknown weights 'no_such_weights'; one of rgb_scratch, ",
     }[case]
     assert errors and expected in errors[0], r.stderr
-    if case in ("missing", "empty", "not_a_video"):  # a batch job: the item, then the summary
+    if case in ("empty", "not_a_video"):  # a batch job: the item, then the summary, exit 1
         assert errors[1:] == [f"predict.py: error: 1 of 1 inputs failed: {args[0]}"], r.stderr
-    else:
-        assert len(errors) == 1, r.stderr
+        assert r.returncode == 1
+    else:  # bad input, refused before any work: one line, exit 2
+        assert len(errors) == 1 and r.returncode == 2, r.stderr
     assert sorted(tmp_path.iterdir()) == before  # nothing left behind
 
 
