@@ -115,11 +115,33 @@ def charades_losses(per_time_logits: torch.Tensor, labels: torch.Tensor) -> tupl
     return loc, cls
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """What --amp computes in: fp16 (with a GradScaler) on CUDA, bf16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def autocast_for(device: torch.device, amp: bool):
-    """AMP: fp16 autocast (with a GradScaler) on CUDA, bf16 autocast on CPU; else nothing."""
+    """AMP's autocast on this device (amp_dtype); else nothing."""
     if not amp:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
+
+
+def check_amp(device: torch.device, amp: bool) -> None:
+    """CPU AMP is bf16: refused in one line where the CPU lacks it."""
+    if amp and device.type == "cpu":
+        check_precision("bf16", device)
+
+
+def log_precision(device: torch.device, amp: bool) -> None:
+    """The job's first log line, as every model job's: which precision trains, and why (checked
+    first, so that a refusal stays the only line)."""
+    check_amp(device, amp)
+    if amp:
+        dtype = str(amp_dtype(device)).replace("torch.float16", "fp16").replace("torch.bfloat16", "bf16")
+        log.info("precision %s autocast, fp32 weights (--amp on %s), device %s", dtype, device.type, device)
+    else:
+        log.info("precision fp32 (default: no --amp), device %s", device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,8 +301,7 @@ def pick_device(args: argparse.Namespace, world_size: int, local_rank: int) -> t
         torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick the fastest kernels once
-    if args.amp and device.type == "cpu":
-        check_precision("bf16", device)  # CPU AMP is bf16: refused in one line where the CPU lacks it
+    check_amp(device, args.amp)
     return device
 
 
@@ -561,9 +582,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start(args)
+    device = start(args)
     if dist_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
+    log_precision(device, args.amp)
     result = train(args)
     return 0 if result["step"] >= args.max_steps or result.get("stopped") else 1
 

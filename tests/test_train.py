@@ -314,6 +314,17 @@ def test_amp_on_a_cpu_without_bf16_is_refused_before_writing(tiny, tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] in ([], ["m_lock"])  # refused before anything was written
 
 
+def test_first_log_line_says_which_precision_trains(tiny, tmp_path, caplog):
+    """Training's first log line names its precision and why, as every model job's does."""
+    with caplog.at_level("INFO"):
+        assert train_i3d.main(tiny_args(tiny, tmp_path / "m_", "--max-steps", "1", "--device", "cpu")) == 0
+    assert caplog.records[0].getMessage() == "precision fp32 (default: no --amp), device cpu"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train_i3d.log_precision(torch.device("cuda"), amp=True)
+    assert caplog.records[0].getMessage() == "precision fp16 autocast, fp32 weights (--amp on cuda), device cuda"
+
+
 @pytest.mark.slow
 @pytest.mark.bf16
 def test_amp_on_a_bf16_cpu_trains_close_to_fp32(tiny, tmp_path, monkeypatch):
