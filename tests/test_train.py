@@ -161,18 +161,35 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint(tiny, full_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+# Runs train_i3d.py as __main__; with RANK_PARAMS set, every rank saves its parameters after
+# each optimizer step to RANK_PARAMS/rankR.pt, so a test can see what each rank holds.
+_RANK_PARAMS_RUNNER = """
+import os, runpy, sys, torch
+out, real_step = os.environ.get("RANK_PARAMS"), torch.optim.SGD.step
+def step(self, *a, **k):
+    result = real_step(self, *a, **k)
+    params = [p.detach().clone() for group in self.param_groups for p in group["params"]]
+    torch.save(params, os.path.join(out, "rank%s.pt" % os.environ["RANK"]))
+    return result
+if out:
+    torch.optim.SGD.step = step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def torchrun(args, nproc: int = 2, rank_params: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", RANK_PARAMS=str(rank_params or ""))
     return subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                           str(ROOT / "train_i3d.py"), *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=300)
+                           "--no-python", PY, "-c", _RANK_PARAMS_RUNNER, str(ROOT / "train_i3d.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_and_exact_resume(tiny, tmp_path):
     """2 processes: rank 0 alone writes; a run stopped after step 2 and resumed under torchrun
     to step 3 ends with the weights of an uninterrupted 3-step run (torch.equal, as the README
-    says of resume)."""
+    says of resume); both ranks hold equal parameters (their gradients are synchronised)."""
     args = tiny_args(tiny, tmp_path / "d_", "--save-every", "1", "--accum", "1")
     r = torchrun([*args, "--max-steps", "2"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -185,11 +202,16 @@ def test_torchrun_two_processes_and_exact_resume(tiny, tmp_path):
     r = torchrun([*args, "--max-steps", "3", "--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
     whole = tiny_args(tiny, tmp_path / "u_", "--save-every", "1", "--accum", "1", "--max-steps", "3")
-    r = torchrun(whole)
+    r = torchrun(whole, rank_params=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     a = torch.load(tmp_path / "d_000003.pt", weights_only=True)
     b = torch.load(tmp_path / "u_000003.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The ranks trained on different clips, yet hold the same parameters after every step: their
+    # gradients were averaged (DDP), and what rank 0 saved is what both computed.
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert len(ranks[0]) == len(a) - sum(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in a)
+    assert all(torch.equal(p, q) for p, q in zip(*ranks))
     assert [int(r["step"]) for r in read_csv(tmp_path / "d_log.csv")] == [1, 2, 3]
 
 
