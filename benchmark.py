@@ -45,7 +45,7 @@ from cli import add_device, add_verbosity, run_main, start
 from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from pytorch_i3d import InceptionI3d
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
-from train_i3d import autocast_for, charades_losses
+from train_state import autocast_for, charades_losses
 from tvl1 import compile_available, end_point_error, tvl1_torch
 from weights import MODELS_DIR, load_model
 

@@ -64,13 +64,13 @@ from runtime import dist_env, select_device
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
                  positive_float, positive_int, run_main, start)
 import video_eval
-from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
+from charades_metrics import evaluate
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock
-from train_state import (EpochSampler, StopFlag, append_log_row, dropout_seed, first_non_finite, load_checkpoint,  # noqa: F401
+from train_state import (amp_dtype, autocast_for, charades_losses, check_amp,  # noqa: F401
+                         EpochSampler, StopFlag, append_log_row, dropout_seed, first_non_finite, load_checkpoint,  # noqa: F401
                          init_distributed, plot_curves, read_log, run_config, save_checkpoint, save_path, step_files, torch_bytes,
                          write_log_rows)
 from frame_io import MODE_CHANNELS
-from fast_i3d import check_precision
 from pytorch_i3d import InceptionI3d
 from video_datasets import (FORMATS, LabelledVideos, VideoClips, attach_recipe, detect_format,
                             read_dataset)
@@ -104,33 +104,6 @@ def freeze_batch_norm(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
-
-
-def charades_losses(per_time_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(localization loss, classification loss): BCE of the per-frame logits, and BCE of the
-    max over time of the logits against the max over time of the labels."""
-    logits = upsample_logits(per_time_logits.float(), labels.shape[2])  # linear, align_corners=False
-    loc = F.binary_cross_entropy_with_logits(logits, labels)
-    cls = F.binary_cross_entropy_with_logits(logits.max(dim=2)[0], labels.max(dim=2)[0])
-    return loc, cls
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """What --amp computes in: fp16 (with a GradScaler) on CUDA, bf16 on the CPU."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def autocast_for(device: torch.device, amp: bool):
-    """AMP's autocast on this device (amp_dtype); else nothing."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype(device))
-
-
-def check_amp(device: torch.device, amp: bool) -> None:
-    """CPU AMP is bf16: refused in one line where the CPU lacks it."""
-    if amp and device.type == "cpu":
-        check_precision("bf16", device)
 
 
 def log_precision(device: torch.device, amp: bool) -> None:

@@ -1,9 +1,11 @@
-"""Training state that outlives a process: the data order (a pure function of seed and epoch),
-the checkpoints (`{save_model}STEP.pt` and `last.ckpt`, written through the checked atomic path,
-read with weights_only=True) and the CSV log with its plot. Used by train_i3d.py."""
+"""Training's library, used by train_i3d.py (and benchmark.py's training step): the Charades
+losses and AMP, and the state that outlives a process: the data order (a pure function of seed
+and epoch), the checkpoints (`{save_model}STEP.pt` and `last.ckpt`, written through the checked
+atomic path, read with weights_only=True) and the CSV log with its plot."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
@@ -15,16 +17,50 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from atomic_io import append_bytes_checked, atomic_write_bytes
+from charades_metrics import upsample_logits
 from errors import UserError
+from fast_i3d import check_precision
 from runtime import dist_env
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ["step", "epoch", "loc_loss", "cls_loss", "loss", "lr", "map", "top1"]
 CKPT_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------
+# Losses and AMP
+# ----------------------------------------------------------------------------------------------
+
+def charades_losses(per_time_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(localization loss, classification loss): BCE of the per-frame logits, and BCE of the
+    max over time of the logits against the max over time of the labels."""
+    logits = upsample_logits(per_time_logits.float(), labels.shape[2])  # linear, align_corners=False
+    loc = F.binary_cross_entropy_with_logits(logits, labels)
+    cls = F.binary_cross_entropy_with_logits(logits.max(dim=2)[0], labels.max(dim=2)[0])
+    return loc, cls
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """What --amp computes in: fp16 (with a GradScaler) on CUDA, bf16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """AMP's autocast on this device (amp_dtype); else nothing."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype(device))
+
+
+def check_amp(device: torch.device, amp: bool) -> None:
+    """CPU AMP is bf16: refused in one line where the CPU lacks it."""
+    if amp and device.type == "cpu":
+        check_precision("bf16", device)
+
 
 # ----------------------------------------------------------------------------------------------
 # Data order
