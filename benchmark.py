@@ -9,15 +9,11 @@ ratio against the section's baseline row. The paths of a section are timed round
 (A, B, C, A, B, C, ...) so that load from other processes hits them all alike. Threads are
 PyTorch's default (torch.get_num_threads()).
 
-Sections: `model` (the plain eager InceptionI3d against for_inference() in each precision),
-`loading` (benchmark_loading), `train` (benchmark_train_step), `extract` (benchmark_extraction:
-whole processes, the original pytorch-i3d path against extract_features.py, and peak RSS),
-`flow` (benchmark_dense_flow) and `fvd`, each a function f(args) -> list of row dicts {"section",
-"row", "unit", "value", "baseline_row", "baseline_value"} (optionally "note").
-
-Speed does not depend on the weights, so the model section uses random-init weights; when
-models/rgb_scratch.pt exists it is loaded instead, and the cosine / top-1 columns then compare
-real predictions of the fast paths with the plain model.
+Sections: `model` (plain eager InceptionI3d against for_inference() in each precision), `loading`
+(frames and training clips), `train`, `extract` (whole processes: the original pytorch-i3d path against
+extract_features.py, and peak RSS), `flow` and `fvd`; each a function f(args) -> list of row dicts.
+The model section uses models/rgb_scratch.pt when it exists (then the cosine / top-1 columns
+compare real predictions of the fast paths with the plain model), else random weights.
 """
 from __future__ import annotations
 
@@ -42,13 +38,14 @@ import frame_io
 from fvd_metric import FVDMetric, preprocess
 import videotransforms
 from charades_dataset import NUM_CLASSES, VideoItem, load_clip
+from video_datasets import LabelledVideos, Sample, VideoClips
 from errors import FrameError, UserError
 from runtime import select_device
 from cli import add_device, add_verbosity, run_main, start
 from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from pytorch_i3d import InceptionI3d
 from synthetic_charades import calibrated_random_i3d, synthetic_pair
-from train_i3d import autocast_for, charades_losses
+from train_state import autocast_for, charades_losses
 from tvl1 import compile_available, end_point_error, tvl1_torch
 from weights import MODELS_DIR, load_model
 
@@ -541,25 +538,26 @@ def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarr
 
 
 def benchmark_loading(args=None) -> list[dict]:
-    """Clips/s loading 64-frame RGB clips from JPEG frames (256x340): ours against the
-    original-style loop, in the same run, checking both give the same pixels."""
+    """Clips/s: JPEG frames, ours vs the original-style loop (same pixels); training clips, .mp4 seek vs JPEGs."""
     frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
-    base = "original-style loop (cv2, float64)"
+    base, clip = "original-style loop (cv2, float64)", 16 if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
+    jpeg = f"training clips, JPEG folder ({clip} frames)"
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_jpeg_video(root, "v", frames_n)
+        make_jpeg_video(root := Path(tmp), "v", max(frames_n, 250))  # 10 s at 25 fps: clips start anywhere
         item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
-
-        def ours() -> np.ndarray:
-            return frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])
-
-        def original() -> np.ndarray:
-            return _original_style_load(root, "v", 1, frames_n)
-
+        ours = lambda: frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])  # noqa: E731
+        original = lambda: _original_style_load(root, "v", 1, frames_n)  # noqa: E731
         assert np.abs(ours() - original()).max() < 1e-5
         times = time_round_robin({base: original, "ours (uint8, float32 at the end)": ours}, repeat)
-    return [{"section": "loading", "row": name, "unit": "clips/s", "value": 1.0 / t, "baseline_row": base,
-             "baseline_value": 1.0 / times[base]} for name, t in times.items()]
+        writer = cv2.VideoWriter(str(root / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (340, 256))
+        _ = [writer.write(cv2.imread(str(f))) for f in frame_io.list_frame_files(root / "v")] + [writer.release()]
+        flip = videotransforms.Compose([videotransforms.RandomCrop(224), videotransforms.horizontal_flip("rgb")])
+        sets = {n: VideoClips(LabelledVideos("list", [Sample("v", str(root / p), (0,))] * 8, ["a"]), "rgb", flip,
+                              clip_frames=clip) for n, p in ((jpeg, "v"), (jpeg.replace("JPEG folder", ".mp4 seek"), "v.mp4"))}
+        times.update(time_round_robin({n: (lambda d=d: [d[i] for i in range(8)]) for n, d in sets.items()}, repeat))
+    return [{"section": "loading", "row": n, "unit": "clips/s", "value": (8 if n in sets else 1) / t, "baseline_row":
+             jpeg if n in sets else base, "baseline_value": 8 / times[jpeg] if n in sets else 1 / times[base]}
+            for n, t in times.items()]
 
 
 # ----------------------------------------------------------------------------------------------

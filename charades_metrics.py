@@ -1,7 +1,8 @@
-"""Charades scoring: average precision and mAP, per-frame probabilities of a Charades-layout
-video (the whole video streamed exactly, per-time logits upsampled to the frames), the
-classification and localization ground truth, and `evaluate` (the whole evaluation, used by
-eval_i3d.py and by training's validation)."""
+"""Charades evaluation: per-frame probabilities of a Charades-layout video (the whole video
+streamed exactly, per-time logits upsampled to the frames), the classification and
+localization ground truth, and `evaluate` (the whole evaluation in named steps, used by
+eval_i3d.py and by training's validation). The scores themselves (average precision, mAP)
+live in metrics.py and are re-exported here for the original's users."""
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,9 @@ from tqdm import tqdm
 import frame_io
 import weights
 from charades_dataset import VideoAnnotation, find_videos, read_annotations
-from charades_dataset_full import VideoSource, open_video
+from video_sources import VideoSource, open_video
 from errors import FrameError, UserError
+from metrics import average_precision, average_precisions, mean_average_precision  # noqa: F401 (old users)
 from frame_io import MODE_CHANNELS
 from streaming import inference_model, stream_logits
 
@@ -31,46 +33,6 @@ LOCALIZE_POINTS = 25  # time points per video in Charades_v1_localize
 
 
 ALIGN_CORNERS = False  # how per-time logits are stretched to frames (training uses the same)
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AP of one class: sum over score thresholds of (recall gain) * precision, i.e. the mean
-    over positives of the precision at the positive's rank. Items with equal scores form one
-    threshold (all counted together), so the result does not depend on the order of ties
-    (this equals scikit-learn's average_precision_score; without ties it equals the official
-    Charades per-positive loop). NaN when there is no positive."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positive = np.asarray(labels).reshape(-1) > 0
-    n_pos = int(positive.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, tp = scores[order], np.cumsum(positive[order])
-    # Last index of each block of tied scores: where the precision is evaluated.
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tp_at = tp[last]
-    precision = tp_at / (last + 1)
-    gain = np.diff(np.r_[0, tp_at]) / n_pos
-    return float(np.sum(gain * precision))
-
-
-def average_precisions(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-class AP of (N, C) scores and (N, C) 0/1 labels: (C,), NaN for classes without
-    a positive."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be (N, C)")
-    return np.array([average_precision(scores[:, c], labels[:, c]) for c in range(scores.shape[1])])
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """mAP of (N, C) scores against (N, C) 0/1 labels over the classes with at least one
-    positive (NaN if none has, or if a score is NaN: a diverged model must not look fine)."""
-    if np.isnan(np.asarray(scores, dtype=np.float64)).any():
-        return float("nan")
-    aps = average_precisions(scores, labels)
-    aps = aps[~np.isnan(aps)]
-    return float(aps.mean()) if len(aps) else float("nan")
 
 
 def upsample_logits(logits: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -108,7 +70,7 @@ def prefetched_frames(root: str | Path, vid: str, num_frames: int, mode: str, re
     return frames
 
 
-def _padded(frames_fn: Callable[[], Iterator[np.ndarray]], total: int) -> Callable[[], Iterator[np.ndarray]]:
+def padded_frames(frames_fn: Callable[[], Iterator[np.ndarray]], total: int) -> Callable[[], Iterator[np.ndarray]]:
     """The stream, then its last frame repeated up to `total` frames."""
     def frames() -> Iterator[np.ndarray]:
         count, last = 0, None
@@ -142,7 +104,7 @@ def video_frame_probs(model: torch.nn.Module, root: str | Path, vid: str, num_fr
         frames_fn = lambda: open_video(src, mode, resize, crop)[2]  # noqa: E731
     total = max(num_frames, min_frames)
     if total > num_frames:
-        frames_fn = _padded(frames_fn, total)
+        frames_fn = padded_frames(frames_fn, total)
     logits = stream_logits(model, frames_fn, device, total=total)  # (C, T')
     frame_logits = upsample_logits(logits, total)[:, :num_frames]
     out = frame_logits if return_logits else torch.sigmoid(frame_logits)
@@ -206,7 +168,7 @@ def list_videos(annotations: dict[str, VideoAnnotation], subset: str, roots: Seq
     return out[:max_videos] if max_videos else out
 
 
-def _prepare(model: torch.nn.Module | str | Path, mode: str, device: torch.device,
+def prepare_model(model: torch.nn.Module | str | Path, mode: str, device: torch.device,
              precision: str) -> torch.nn.Module:
     if isinstance(model, (str, Path)):
         model = weights.load_model(weights.resolve_weights(model), mode=mode, device=device)
@@ -265,6 +227,18 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
     "video_scores" (N, C), "video_labels" (N, C), "frame_scores" (N*25, C), "frame_labels".
     Chance is the mean over the scored classes of their positive rate (the mAP of random
     scores, in expectation)."""
+    _check_request(mode, fusion, flow_model, flow_root)
+    device = torch.device(device) if device is not None else _model_device(model)
+    streams = _streams(model, mode, root, flow_model, flow_root, device, precision)
+    num_classes = streams[0][2].num_classes
+    annotations = read_annotations(split)
+    videos = list_videos(annotations, subset, [(m, r) for m, r, _ in streams], num_classes, max_videos)
+    acc, failed = _score_videos(videos, streams, annotations, fusion, num_classes, device, resize, crop,
+                                clip_frames, workers, progress)
+    return _result(acc, failed, num_classes, details)
+
+
+def _check_request(mode: str, fusion: str, flow_model, flow_root) -> None:
     if mode not in MODE_CHANNELS:
         raise UserError(f"mode must be rgb or flow, not {mode!r}")
     if fusion not in ("prob", "logit"):
@@ -273,17 +247,25 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
         raise UserError("two-stream evaluation: the first model is the RGB one (mode rgb)")
     if flow_model is not None and flow_root is None:
         raise UserError("two-stream evaluation needs flow_root (the flow frames)")
-    device = torch.device(device) if device is not None else _model_device(model)
-    streams = [(mode, Path(root), _prepare(model, mode, device, precision))]
+
+
+def _streams(model, mode: str, root, flow_model, flow_root, device: torch.device,
+             precision: str) -> list[tuple[str, Path, torch.nn.Module]]:
+    """[(mode, frames root, inference model)] of one or two streams, their class counts equal."""
+    streams = [(mode, Path(root), prepare_model(model, mode, device, precision))]
     if flow_model is not None:
-        streams.append(("flow", Path(flow_root), _prepare(flow_model, "flow", device, precision)))
+        streams.append(("flow", Path(flow_root), prepare_model(flow_model, "flow", device, precision)))
     num_classes = streams[0][2].num_classes
     if any(m.num_classes != num_classes for _, _, m in streams):
         raise UserError(f"the RGB model has {num_classes} classes, the flow model {streams[1][2].num_classes}")
-    annotations = read_annotations(split)
-    videos = list_videos(annotations, subset, [(m, r) for m, r, _ in streams], num_classes, max_videos)
+    return streams
 
-    vids, v_scores, v_labels, f_scores, f_labels, failed = [], [], [], [], [], []
+
+def _score_videos(videos, streams, annotations, fusion: str, num_classes: int, device: torch.device, resize, crop: int,
+                  clip_frames: int, workers: int, progress: bool) -> tuple[tuple[list, ...], list]:
+    """Every video through every stream (decoding threads ahead); (score lists, failed videos)."""
+    acc: tuple[list, ...] = ([], [], [], [], [])
+    failed = []
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
     t0, frames_done = time.perf_counter(), 0
     try:
@@ -297,25 +279,30 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
                 log.error("%s: %s", vid, msg)
                 failed.append([vid, msg])
                 continue
-            _score_video(vid, counts[0], outs, fusion, annotations[vid], num_classes,
-                         (vids, v_scores, v_labels, f_scores, f_labels))
+            _score_video(vid, counts[0], outs, fusion, annotations[vid], num_classes, acc)
             frames_done += sum(counts)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     dt = time.perf_counter() - t0
-    log.info("evaluated %d videos (%d frames, %d stream(s)) in %.1fs: %.1f frames/s; %d failed", len(vids),
+    log.info("evaluated %d videos (%d frames, %d stream(s)) in %.1fs: %.1f frames/s; %d failed", len(acc[0]),
              frames_done, len(streams), dt, frames_done / max(dt, 1e-9), len(failed))
+    return acc, failed
+
+
+def _chance(labels: np.ndarray) -> float:
+    """The mean over the scored classes of their positive rate (random scores' expected mAP)."""
+    rate = labels.mean(axis=0)
+    rate = rate[labels.sum(axis=0) > 0]
+    return float(rate.mean()) if len(rate) else float("nan")
+
+
+def _result(acc: tuple[list, ...], failed: list, num_classes: int, details: bool) -> dict:
+    vids, v_scores, v_labels, f_scores, f_labels = acc
     if not vids:
         raise UserError(f"no video could be evaluated ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][1]})")
     v_scores, v_labels = np.stack(v_scores), np.stack(v_labels)
     f_scores, f_labels = np.concatenate(f_scores), np.concatenate(f_labels)
-
-    def chance(labels: np.ndarray) -> float:
-        rate = labels.mean(axis=0)
-        rate = rate[labels.sum(axis=0) > 0]
-        return float(rate.mean()) if len(rate) else float("nan")
-
     result = {
         "classification_map": mean_average_precision(v_scores, v_labels),
         "localization_map": mean_average_precision(f_scores, f_labels),
@@ -323,8 +310,8 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
         "num_classes": int(num_classes),
         "classes_scored": int((v_labels.sum(axis=0) > 0).sum()),
         "localization_classes_scored": int((f_labels.sum(axis=0) > 0).sum()),
-        "classification_chance": chance(v_labels),
-        "localization_chance": chance(f_labels),
+        "classification_chance": _chance(v_labels),
+        "localization_chance": _chance(f_labels),
         "failed": failed,
     }
     if details:

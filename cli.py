@@ -173,6 +173,27 @@ def add_verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
+def flag_given(argv: list[str], flag: str) -> bool:
+    """Whether a flag is on the command line, in any spelling argparse takes here (-crop, --crop,
+    --crop=N, -load_model for --load-model)."""
+    bare = flag.lstrip("-")
+    names = {f"-{bare}", f"--{bare}", f"-{bare.replace('-', '_')}", f"--{bare.replace('_', '-')}"}
+    return any(a.split("=", 1)[0] in names for a in argv)
+
+
+def apply_recorded(args: argparse.Namespace, argv: list[str], recorded: dict | None, flags: dict[str, str]) -> None:
+    """Flags (dest -> flag) not on the command line take the value a model file recorded of its
+    training; one given that differs from the record wins, with a one-line notice."""
+    for dest, flag in flags.items():
+        if not recorded or dest not in recorded:
+            continue
+        if not flag_given(argv, flag):
+            setattr(args, dest, recorded[dest])
+        elif getattr(args, dest) != recorded[dest]:
+            logging.getLogger("cli").warning("%s %s given: the model was trained with %s %s", flag,
+                                             getattr(args, dest), flag, recorded[dest])
+
+
 def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
     """The one definition of --allow-gaps (extract_features.py, train_i3d.py, eval_i3d.py)."""
     parser.add_argument("--allow-gaps", action="store_true",

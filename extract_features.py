@@ -60,7 +60,7 @@ from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSour
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
                  code_version, keep_freed_memory, nonneg_int, positive_int, run_main, size_or_zero, start)
-from feature_store import H5Store, NpyStore, parse_shard, shard
+from feature_store import RECIPE_KEYS, H5Store, NpyStore, parse_shard, recipe_difference, shard
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
 
@@ -130,23 +130,9 @@ def recipe(args: argparse.Namespace, mode: str, weights_sha256: str) -> dict:
          "ten_crop": bool(args.ten_crop), "precision": args.precision, "weights_sha256": weights_sha256}
     if mode == "flow" and args.input is not None:  # flow computed from video files
         r.update(flow_resize=int(args.flow_resize), flow_jpeg=bool(args.flow_jpeg))
-    if getattr(args, "centered", False):  # only when set, so outputs made before --centered keep resuming
-        r["centered"] = True
+    # outputs made before --centered existed lack the key: read as False (RECIPE_DEFAULTS), they resume
+    r["centered"] = bool(getattr(args, "centered", False))
     return r
-
-
-NOT_COMPARED = ("code_version",)
-RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
-               "weights_sha256", "flow_resize", "flow_jpeg", "centered")
-
-
-def recipe_difference(stored: dict, wanted: dict) -> str | None:
-    """'step 8 there, 4 asked' for the first parameter that differs; None when they agree."""
-    for k, v in wanted.items():
-        if k not in NOT_COMPARED and stored.get(k) != v:
-            had = "not recorded (an older version made it)" if k not in stored else f"{stored[k]!r} there"
-            return f"{k} {had}, {v!r} asked"
-    return None
 
 
 def select_todo(store, sources: list[VideoSource], wanted: dict, overwrite: bool) -> list[VideoSource]:

@@ -19,6 +19,42 @@ from runtime import dist_env
 log = logging.getLogger(__name__)
 
 
+# Every parameter that shapes a feature array (extract_features.recipe); code_version is recorded
+# but not compared: a new commit is not a new recipe.
+NOT_COMPARED = ("code_version",)
+RECIPE_KEYS = ("mode", "endpoint", "stack", "step", "centring", "sample_fps", "resize", "crop", "ten_crop", "precision",
+               "weights_sha256", "flow_resize", "flow_jpeg", "centered")
+# Keys added after outputs existed: absent on one side reads as this value, so those outputs still resume.
+RECIPE_DEFAULTS = {"centered": False}
+_ABSENT = object()
+
+
+def _side(recipe: dict, key: str, value: object, where: str) -> str:
+    if key in recipe:
+        return f"{value!r} {where}"
+    if value is not _ABSENT:
+        return f"{value!r} {where} (not recorded: the default)"
+    return "not recorded (an older version made it)" if where == "there" else "not asked"
+
+
+def recipe_difference(stored: dict, wanted: dict, keys: tuple[str, ...] = RECIPE_KEYS,
+                      defaults: dict | None = None) -> str | None:
+    """'step 8 there, 4 asked' for the first parameter that differs; None when they agree.
+    Symmetric: every key of `wanted` and every recipe key (`keys`, also as 'flow.KEY' for the
+    fused streams) of `stored` counts; a key absent on one side is compared as its default
+    (RECIPE_DEFAULTS unless `defaults` is given), and without one it is a difference."""
+    defaults = RECIPE_DEFAULTS if defaults is None else defaults
+    extra = [k for k in stored if k not in wanted and k.removeprefix("flow.") in keys]
+    for k in [*wanted, *extra]:
+        if k in NOT_COMPARED:
+            continue
+        default = defaults.get(k.removeprefix("flow."), _ABSENT)
+        there, asked = stored.get(k, default), wanted.get(k, default)
+        if there is _ABSENT or asked is _ABSENT or there != asked:
+            return f"{k} {_side(stored, k, there, 'there')}, {_side(wanted, k, asked, 'asked')}"
+    return None
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """'K/N' -> (K, N); None -> torchrun's RANK / WORLD_SIZE, else (0, 1)."""
     if text is None:

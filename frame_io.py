@@ -310,6 +310,38 @@ def iter_frames(source: str | Path, resize: int = 0, gray: bool = False, start: 
         cap.release()
 
 
+def read_video_frames(path: str | Path, indices: list[int] | tuple[int, ...]) -> list[np.ndarray]:
+    """RGB uint8 frames of a video file at 0-based `indices` (increasing; repeats allowed),
+    frame-accurate: one seek to the first index (OpenCV seeks to the keyframe before it and
+    decodes forward), then grab() past the frames in between. When the container cannot report
+    the position reached, the video is read from its start instead. Past the end, the last
+    decoded frame repeats."""
+    cap = _open_video(path)
+    try:
+        first = indices[0]
+        pos = 0
+        if first > 0 and cap.set(cv2.CAP_PROP_POS_FRAMES, first) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == first:
+            pos = first
+        elif first > 0:  # no reliable seek: from the start
+            cap.release()
+            cap = _open_video(path)
+        out: list[np.ndarray] = []
+        last, read_at = None, -1
+        for i in indices:
+            if i != read_at:
+                while pos < i and cap.grab():
+                    pos += 1
+                ok, frame = cap.read() if pos == i else (False, None)
+                if ok:
+                    last, read_at, pos = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), i, pos + 1
+            if last is None:
+                raise FrameError(f"{path}: unreadable video (no frame decoded at {i})")
+            out.append(last)
+        return out
+    finally:
+        cap.release()
+
+
 def _warn_if_short(source: Path, cap: cv2.VideoCapture, count: int) -> None:
     # A stream shorter than its container says is not an error by itself (the streaming engine
     # re-reads with the true count); a big gap usually means a truncated or damaged file.

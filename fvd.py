@@ -31,7 +31,6 @@ float64 with N-1; the Frechet distance with the symmetric square root of TF-GAN'
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -50,16 +49,22 @@ from runtime import select_device
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  run_main, start)
 from atomic_io import atomic_write
+from feature_store import recipe_difference
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
 from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
                         frechet_distance, kernel_distance, preprocess, resize_tf1)
 from fast_i3d import check_precision
-from weights import MODELS_DIR, load_model, resolve_weights
+from weights import MODELS_DIR, file_sha256, load_model, resolve_weights
 
 logger = logging.getLogger(__name__)
 
 # Protocol entries that must agree between two sets (clip count, seed and precision may differ).
 COMPARED = ("weights_sha256", "frames", "stride", "protocol", "resize", "size", "rescale", "features", "covariance")
+LEGACY_DEFAULTS = {"stride": 1}  # files written before --stride existed took consecutive frames
+# What shapes a statistics file: --save-stats over a file made with another of these is refused
+# unless --overwrite (the weights' name, the code version and the set's size do not count).
+STATS_RECIPE_KEYS = ("protocol", "weights_sha256", "frames_requested", "stride", "num_clips", "clips", "seed",
+                     "resize", "size", "rescale", "features", "covariance", "precision")
 # StyleGAN-V's metrics (src/metrics/metric_main.py): 2048 clips per set of F frames, S apart.
 PROTOCOLS = {"fvd2048_16f": dict(num_clips=2048, frames=16, stride=1),
              "fvd2048_128f": dict(num_clips=2048, frames=128, stride=1),
@@ -243,14 +248,6 @@ class Stats:
         return f"{self.n} clips from {videos} videos"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -331,7 +328,7 @@ class Extractor:
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.protocol = {
             "reference": "google-research frechet_video_distance, TF-Hub i3d-kinetics-400",
-            "protocol": protocol_name, "weights": path.stem, "weights_sha256": _file_sha256(path),
+            "protocol": protocol_name, "weights": path.stem, "weights_sha256": file_sha256(path)[:16],
             "frames": frames, "stride": stride, "num_clips": num_clips, "clips": clips,
             "sampling": _sampling_text(frames, clips, num_clips, stride), "seed": seed,
             "resize": {"tf1": "tf1-bilinear", "torch": "torch-bilinear-antialias", "none": "none"}[resize],
@@ -443,12 +440,29 @@ class Extractor:
 
 
 def check_comparable(a: Stats, b: Stats, name_a: str = "set A", name_b: str = "set B") -> None:
-    before = {"stride": 1}  # files written before --stride existed took consecutive frames
-    pa, pb = dict(before, **a.protocol), dict(before, **b.protocol)
+    pa, pb = dict(LEGACY_DEFAULTS, **a.protocol), dict(LEGACY_DEFAULTS, **b.protocol)
     diff = [k for k in COMPARED if pa.get(k) != pb.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {pa.get(k)!r} vs {pb.get(k)!r}" for k in diff)
         raise UserError(f"{name_a} and {name_b} were made with different protocols ({detail})")
+
+
+def check_stats_target(path: Path, protocol: dict, overwrite: bool) -> None:
+    """--save-stats PATH over a file made with another protocol refuses the run in one line naming the
+    difference, unless `overwrite`; one of the same protocol is rewritten (the set may have changed)."""
+    if overwrite or not path.exists():
+        return
+    try:
+        stored = Stats.load(path).protocol
+    except UserError as e:
+        raise UserError(f"{e}; give --overwrite to replace it, or another file") from None
+
+    def recipe(p: dict) -> dict:  # taking each video's first frames, the seed picks nothing
+        return {k: p[k] for k in STATS_RECIPE_KEYS if k in p and (k != "seed" or p.get("clips") or p.get("num_clips"))}
+
+    if diff := recipe_difference(recipe(stored), recipe(protocol), STATS_RECIPE_KEYS, LEGACY_DEFAULTS):
+        raise UserError(f"{path} was made with another protocol ({diff}); give --overwrite to replace it, or "
+                        f"another file")
 
 
 def statistics(videos: str | Path | np.ndarray, **protocol) -> Stats:
@@ -521,6 +535,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_workers(p, None, "DataLoader decode workers (default min(4, CPUs))")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos (listed) instead of failing")
     p.add_argument("--save-stats", nargs="+", type=Path, metavar="FILE.npz", help="statistics of each set")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --save-stats files made with another protocol (without it such a rerun is refused)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     add_verbosity(p)
     args = p.parse_args(argv)
@@ -548,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
                     skip_bad=args.skip_bad, progress=not args.quiet)
     needs_model = any(s.suffix != ".npz" for s in args.sets)
     ext = Extractor(**protocol) if needs_model else None
+    for s, f in zip(args.sets, args.save_stats or []):  # before any set is computed
+        made = Stats.load(s).protocol if s.suffix == ".npz" else dict(ext.protocol, frames_requested=ext.frames)
+        check_stats_target(f, made, args.overwrite)
     stats = [ext.statistics(s) if ext else Stats.load(s) for s in args.sets]
     rank = ext.rank if ext else 0
     if rank == 0:

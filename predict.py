@@ -28,10 +28,11 @@ import torch
 import frame_io
 import weights as weights_mod
 from errors import FrameError, UserError
-from cli import (add_device, add_precision, add_resize_crop, add_verbosity, keep_freed_memory, positive_int,
-                 run_main, start)
+from cli import (add_device, add_precision, add_resize_crop, add_verbosity, apply_recorded, keep_freed_memory,
+                 positive_int, run_main, start)
 from streaming import stream_logits
 from tvl1 import iter_video_flow
+from video_datasets import read_recipe
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -157,9 +158,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     check_inputs(args)  # before anything else: bad input is one line
     device = start(args)
+    # a model trained by train_i3d.py: its crop, resize (when it set one) and class names
+    recipe = read_recipe(weights_mod.resolve_weights(args.weights))
+    apply_recorded(args, argv, {k: v for k, v in (recipe or {}).items() if k != "resize" or v is not None},
+                   {"crop": "--crop", "resize": "--resize"})
     resize, crop, size_from = input_size(args)
     log.info("input: smaller side %s, center crop %d (%s)", "by the Charades rule" if resize is None else resize,
              crop, "--resize/--crop" if args.resize is not None and args.crop is not None else size_from)
@@ -168,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
         raise UserError(f"{args.flow_weights}: {flow_model.num_classes} classes, but the RGB weights have "
                         f"{rgb_model.num_classes}")
-    labels = load_labels(rgb_model.num_classes)
+    names = (recipe or {}).get("classes")
+    labels = list(names) if names and len(names) == rgb_model.num_classes else load_labels(rgb_model.num_classes)
 
     results, failures = [], []
     for i, source in enumerate(args.inputs):

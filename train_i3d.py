@@ -1,7 +1,9 @@
-"""Fine-tune I3D on Charades (RGB or flow), as the original pytorch-i3d train_i3d.py.
+"""Fine-tune I3D on Charades (RGB or flow), as the original pytorch-i3d train_i3d.py, or on any
+labelled video dataset (UCF101, HMDB51, Kinetics CSVs, class folders, lists: video_datasets.py).
 
     python train_i3d.py -mode rgb -root data/Charades_v1_rgb -save_model models/charades_rgb_ \
         --split data/charades.json
+    python train_i3d.py -root UCF101 --split ucfTrainTestlist --fold 1 -save_model out/ucf_ --eval-every 500
     torchrun --nproc_per_node 4 train_i3d.py -mode flow -root data/Charades_v1_flow -save_model out/flow_
     python train_i3d.py ... --resume            # continue from {save_model}last.ckpt, exactly
 
@@ -9,7 +11,8 @@ The recipe is the original's by default: init from models/{mode}_imagenet.pt wit
 replaced by --num-classes (157), SGD (momentum 0.9, weight decay 1e-7, lr 0.1), MultiStepLR at
 steps [300, 1000], 4 batches accumulated per optimizer step ("steps" count optimizer steps, as
 in the original), 64-frame clips, random 224 crop and flip, loss = 0.5 * per-frame BCE + 0.5 *
-BCE of the max over time, each divided by the accumulation steps.
+BCE of the max over time, each divided by the accumulation steps. Single-label datasets:
+cross-entropy of the time-averaged logits; --num-classes defaults to the dataset's.
 
 Batch size: --batch-size is per process. The original ran batch 8*5 = 40 split over 5 GPUs by
 DataParallel, so one optimizer step saw 40 * 4 = 160 clips. To reproduce that: torchrun
@@ -24,6 +27,7 @@ F.upsample(logits, t, mode='linear'), whose align_corners has defaulted to False
 Writes, each atomically (temporary name, then rename), from rank 0 only:
 - {save_model}{step:06d}.pt every --save-every steps and at the end: a plain model state dict
   with the original key names (weights.load_model / extract_features.py / eval_i3d.py load it),
+  its training recipe (mode, classes, clip frames, stride, crop, resize) in torch's _metadata,
 - {save_model}last.ckpt at the same moments: model, optimizer, scheduler, (AMP scaler), step,
   the position in the data (epoch, batches consumed), the configuration; tensors and plain Python
   values only, loaded with torch.load(weights_only=True),
@@ -43,75 +47,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import glob
-import io
 import logging
-import math
-import signal
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import videotransforms
-from charades_dataset import Charades
+from charades_dataset import NUM_CLASSES as CHARADES_CLASSES, Charades
 from errors import UserError
 from runtime import dist_env, select_device
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
                  positive_float, positive_int, run_main, start)
-from charades_metrics import evaluate, upsample_logits  # one upsampling rule for training and evaluation
-from atomic_io import append_bytes_checked, atomic_write_bytes, clean_stale_temps, file_lock
+import video_eval
+from charades_metrics import evaluate
+from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock
+from train_state import (amp_dtype, autocast_for, charades_losses, check_amp,  # noqa: F401
+                         EpochSampler, StopFlag, append_log_row, dropout_seed, first_non_finite, load_checkpoint,  # noqa: F401
+                         init_distributed, plot_curves, read_log, run_config, save_checkpoint, save_path, step_files, torch_bytes,
+                         write_log_rows)
 from frame_io import MODE_CHANNELS
-from fast_i3d import check_precision
 from pytorch_i3d import InceptionI3d
+from video_datasets import (FORMATS, LabelledVideos, VideoClips, attach_recipe, detect_format,
+                            read_dataset)
 from weights import load_model, resolve_weights
 
 log = logging.getLogger(__name__)
 
-LOG_FIELDS = ["step", "epoch", "loc_loss", "cls_loss", "loss", "lr", "map"]
-CKPT_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Data order
-# ----------------------------------------------------------------------------------------------
-
-class EpochSampler(Sampler[int]):
-    """The item order of an epoch as a pure function of (seed, epoch): a permutation of the
-    dataset, padded by wrapping around to a multiple of the world size (as DistributedSampler)
-    and dealt out by rank; set_epoch(epoch, skip) starts `skip` items into this rank's share,
-    so a resumed run skips consumed batches without loading them."""
-
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
-        self.per_rank = math.ceil(size / world_size)
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def order(self, epoch: int) -> list[int]:
-        """This rank's whole share of the epoch."""
-        idx = np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle else np.arange(self.size)
-        total = self.per_rank * self.world_size
-        idx = np.resize(idx, total)  # wrap around: every rank gets the same number of items
-        return idx[self.rank::self.world_size].tolist()
-
-    def __iter__(self):
-        return iter(self.order(self.epoch)[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, self.per_rank - self.skip)
-
-
-def dropout_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """The torch seed for one batch's dropout: a function of its place in training only."""
-    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+ORIGINAL_SPLIT = "charades/charades.json"  # the original's default --split
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,189 +106,39 @@ def freeze_batch_norm(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def charades_losses(per_time_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(localization loss, classification loss): BCE of the per-frame logits, and BCE of the
-    max over time of the logits against the max over time of the labels."""
-    logits = upsample_logits(per_time_logits.float(), labels.shape[2])  # linear, align_corners=False
-    loc = F.binary_cross_entropy_with_logits(logits, labels)
-    cls = F.binary_cross_entropy_with_logits(logits.max(dim=2)[0], labels.max(dim=2)[0])
-    return loc, cls
-
-
-def autocast_for(device: torch.device, amp: bool):
-    """AMP: fp16 autocast (with a GradScaler) on CUDA, bf16 autocast on CPU; else nothing."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and the CSV log
-# ----------------------------------------------------------------------------------------------
-
-def save_path(save_model: str, name: str) -> Path:
-    """The original's naming: the prefix and the name glued together (prefix 'out/rgb_')."""
-    return Path(f"{save_model}{name}")
-
-
-def step_files(save_model: str) -> list[Path]:
-    """The {save_model}STEP.pt files there are, oldest step first."""
-    prefix = save_path(save_model, "x")
-    pattern = glob.escape(prefix.name[:-1]) + "[0-9]" * 6 + ".pt"
-    return sorted(prefix.parent.glob(pattern))
-
-
-def run_config(args: argparse.Namespace, in_channels: int, world_size: int) -> dict:
-    """What a checkpoint must agree with to be resumed exactly."""
-    return {"mode": args.mode, "num_classes": args.num_classes, "in_channels": in_channels,
-            "batch_size": args.batch_size, "accum": args.accum, "world_size": world_size}
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler, step: int, epoch: int,
-                    batches: int, accum_pos: int, config: dict, seed: int) -> None:
-    state = {"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-             "step": step, "epoch": epoch, "batches": batches, "accum_pos": accum_pos, "config": config,
-             "seed": seed, "torch_rng": torch.get_rng_state()}
-    atomic_write_bytes(path, torch_bytes(state))
-
-
-def torch_bytes(obj) -> memoryview:
-    """torch.save into memory, so the file goes through the checked write path (a full disk is
-    one clear error, never a half-written checkpoint)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getbuffer()
-
-
-def first_non_finite(state: dict) -> str | None:
-    """The name of the first floating tensor holding NaN or inf, or None."""
-    for key, t in state.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-            return key
-    return None
-
-
-def load_checkpoint(path: Path, config: dict) -> dict:
-    """A training checkpoint, refused with one clear error when it is not one or comes from
-    another configuration."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a readable training checkpoint ({e.__class__.__name__})") from e
-    if not isinstance(state, dict) or state.get("version") != CKPT_VERSION or "config" not in state:
-        raise UserError(f"{path}: not a train_i3d.py training checkpoint")
-    diff = [f"{k} {state['config'].get(k)!r} (now {v!r})" for k, v in config.items() if state["config"].get(k) != v]
-    if diff:
-        raise UserError(f"{path}: checkpoint from another configuration: {', '.join(diff)}")
-    bad = first_non_finite(state["model"]) if isinstance(state.get("model"), dict) else None
-    if bad is not None:
-        raise UserError(f"{path}: tensor {bad} holds NaN or inf; refusing this checkpoint")
-    return state
-
-
-def write_log_rows(path: Path, rows: list[dict]) -> None:
-    f = io.StringIO(newline="")
-    w = csv.DictWriter(f, LOG_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, f.getvalue().encode())
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_log_row(path: Path, row: dict) -> None:
-    f = io.StringIO(newline="")
-    w = csv.DictWriter(f, LOG_FIELDS)
-    if not path.is_file():
-        w.writeheader()
-    w.writerow(row)
-    append_bytes_checked(path, f.getvalue().encode())  # the whole row or nothing
-
-
-def plot_curves(log_csv: Path, out: Path) -> None:
-    """Loss and mAP against steps, from the CSV log, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_log(log_csv)
-    steps = [int(r["step"]) for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "loc_loss", "cls_loss"):
-        ax1.plot(steps, [float(r[key]) for r in rows], label=key)
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    evals = [(int(r["step"]), float(r["map"])) for r in rows if r.get("map")]
-    if evals:
-        ax2.plot(*zip(*evals), marker="o")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("Charades mAP (testing)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getbuffer())
+def log_precision(device: torch.device, amp: bool) -> None:
+    """The job's first log line, as every model job's: which precision trains, and why (checked
+    first, so that a refusal stays the only line)."""
+    check_amp(device, amp)
+    if amp:
+        dtype = str(amp_dtype(device)).replace("torch.float16", "fp16").replace("torch.bfloat16", "bf16")
+        log.info("precision %s autocast, fp32 weights (--amp on %s), device %s", dtype, device.type, device)
+    else:
+        log.info("precision fp32 (default: no --amp), device %s", device)
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
 
-def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device) -> float:
-    """Charades classification mAP of the model on the testing subset (charades_metrics.evaluate
-    on an eval copy; the model being trained is left as it was)."""
-    result = evaluate(model, split=args.split, root=args.test_root or args.root, mode=args.mode,
-                      resize=args.resize, crop=args.crop, clip_frames=args.clip_frames, device=device, subset="testing",
-                      progress=False)
-    return float(result["classification_map"])
+def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device, data: "TrainData") -> float:
+    """Charades classification mAP on its testing subset, or top-1 accuracy on the testing set of
+    any other dataset, each by the evaluation's own driver on an eval copy (the model being
+    trained is left as it was)."""
+    if data.kind == "charades":
+        result = evaluate(model, split=args.split or [ORIGINAL_SPLIT], root=args.test_root or args.root,
+                          mode=args.mode, resize=args.resize, crop=args.crop, clip_frames=args.clip_frames,
+                          device=device, subset="testing", progress=False)
+        return float(result["classification_map"])
+    result = video_eval.evaluate(model, data.test, args.mode, flow_root=args.flow_root, resize=args.resize,
+                                 crop=args.crop, device=device, clip_frames=args.clip_frames,
+                                 frame_stride=args.frame_stride, progress=False)
+    return float(result["top1"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); starts the process group when run under torchrun."""
-    _, world_size, _ = dist_env()  # checked: WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE
-    if world_size <= 1:
-        return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    return dist.get_rank(), world_size, dist_env()[2]
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM: training stops after the current optimizer step, checkpointed."""
-
-    def __init__(self):
-        self.set = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:  # a second signal: stop now
-            raise KeyboardInterrupt
-        log.warning("signal %d: stopping after this optimizer step (checkpoint first)", signum)
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
 
 def train(args: argparse.Namespace) -> dict:
     """Fine-tune as described at the top of this file; returns {'step', 'map' (last, or None),
@@ -343,36 +160,142 @@ def train(args: argparse.Namespace) -> dict:
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
+@dataclass
+class TrainData:
+    """What training reads: the clips, how they are labelled ('charades' per-frame multi-hot,
+    'single' one class, 'multi' a multi-hot per video), the class names where the dataset has
+    them, and the testing set for --eval-every (None for Charades, read by its own evaluation)."""
+    dataset: torch.utils.data.Dataset
+    kind: str
+    num_classes: int
+    classes: list[str] | None = None
+    test: LabelledVideos | None = None
+    format: str = "charades"
+
+
+def dataset_format(args: argparse.Namespace) -> str:
+    """--format, else detected from --split; no --split: the original's charades/charades.json
+    when it is there, else class folders under -root."""
+    if args.format:
+        return args.format
+    if not args.split:
+        return "charades" if Path(ORIGINAL_SPLIT).is_file() else "folders"
+    return detect_format([Path(p) for p in args.split])
+
+
+def training_data(args: argparse.Namespace) -> TrainData:
+    """The training clips of any dataset format (video_datasets), --num-classes defaulting to the
+    dataset's; with --eval-every, the testing set read now, so a bad one stops before training."""
+    transforms = videotransforms.Compose([videotransforms.RandomCrop(args.crop), videotransforms.horizontal_flip(args.mode)])
+    fmt = dataset_format(args)
+    if fmt == "charades":
+        num_classes = args.num_classes or CHARADES_CLASSES
+        dataset = Charades(args.split or [ORIGINAL_SPLIT], "training", args.root, args.mode, transforms,
+                           clip_frames=args.clip_frames, resize=args.resize, num_classes=num_classes, seed=args.seed)
+        return TrainData(dataset, "charades", num_classes)
+    read = dict(split=args.split, root=args.root, fmt=fmt, fold=args.fold, val_fraction=args.val_fraction,
+                seed=args.seed, num_classes=args.num_classes)
+    data = read_dataset(subset="training", **read)
+    if args.num_classes is not None and args.num_classes != data.num_classes:
+        raise UserError(f"--num-classes {args.num_classes}, but the dataset has {data.num_classes} classes")
+    test = None
+    if args.eval_every:
+        test = read_dataset(subset="testing", **{**read, "root": args.test_root or args.root})
+    dataset = VideoClips(data, args.mode, transforms, clip_frames=args.clip_frames, frame_stride=args.frame_stride,
+                         resize=args.resize, seed=args.seed, flow_root=args.flow_root)
+    kind = "multi" if data.multilabel else "single"
+    return TrainData(dataset, kind, data.num_classes, data.classes, test, fmt)
+
+
+def clip_losses(per_time_logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(localization loss, classification loss) of a batch. Single-label: cross-entropy of the
+    time-averaged logits (the I3D paper's classifier), no localization term. Charades and other
+    multi-label data: charades_losses (a per-video multi-hot holds for every frame)."""
+    if kind == "single":
+        cls = F.cross_entropy(per_time_logits.float().mean(dim=2), labels)
+        return torch.zeros((), device=cls.device), cls
+    if kind == "multi":
+        labels = labels[:, :, None].expand(-1, -1, per_time_logits.shape[2] * 8)
+    return charades_losses(per_time_logits, labels)
+
+
+def total_loss(loc: torch.Tensor, cls: torch.Tensor, kind: str) -> torch.Tensor:
+    return cls if kind == "single" else 0.5 * loc + 0.5 * cls
+
+
+def recipe(args: argparse.Namespace, data: TrainData) -> dict:
+    """What a model file records of its training, for eval_i3d.py / predict.py defaults."""
+    return {"mode": args.mode, "format": data.format, "num_classes": data.num_classes, "classes": data.classes,
+            "multilabel": data.kind != "single", "clip_frames": args.clip_frames, "frame_stride": args.frame_stride,
+            "crop": args.crop, "resize": args.resize}
+
+
+# ----------------------------------------------------------------------------------------------
+# The training run, in steps
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything a training run carries from step to step."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world_size: int
+    data: TrainData
+    model: InceptionI3d
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    memory_format: torch.memory_format
+    config: dict
+    step: int = 0
+    epoch: int = 0
+    batches: int = 0
+    last_metric: float | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return save_path(self.args.save_model, "last.ckpt")
+
+    @property
+    def log_csv(self) -> Path:
+        return save_path(self.args.save_model, "log.csv")
+
+
+def pick_device(args: argparse.Namespace, world_size: int, local_rank: int) -> torch.device:
     device = select_device(args.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick the fastest kernels once
-    if args.amp and device.type == "cpu":
-        check_precision("bf16", device)  # CPU AMP is bf16: refused in one line where the CPU lacks it
-    if args.batch_size < 1 or args.accum < 1 or args.max_steps < 1 or args.clip_frames < 1:
-        raise UserError("--batch-size, --accum, --max-steps and --clip-frames must be at least 1")
-    main_rank = rank == 0
-    ckpt_path = save_path(args.save_model, "last.ckpt")
-    log_csv = save_path(args.save_model, "log.csv")
-    resume_from = None
-    if args.resume is not None:
-        resume_from = ckpt_path if args.resume == "auto" else Path(args.resume)
-        if not resume_from.is_file():
-            if args.resume != "auto":
-                raise UserError(f"{resume_from}: no such checkpoint to resume")
-            log.info("no %s yet: starting from the beginning", resume_from)
-            resume_from = None
-    elif ckpt_path.is_file():
-        raise UserError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another -save_model")
+    check_amp(device, args.amp)
+    return device
 
-    if main_rank:
-        log_csv.parent.mkdir(parents=True, exist_ok=True)
-    transforms = videotransforms.Compose([videotransforms.RandomCrop(args.crop), videotransforms.horizontal_flip(args.mode)])
-    dataset = Charades(args.split, "training", args.root, args.mode, transforms, clip_frames=args.clip_frames,
-                       resize=args.resize, num_classes=args.num_classes, seed=args.seed)
+
+def resume_source(args: argparse.Namespace) -> Path | None:
+    """The checkpoint to resume from, or None; refuses to overwrite a run without --resume."""
+    ckpt_path = save_path(args.save_model, "last.ckpt")
+    if args.resume is None:
+        if ckpt_path.is_file():
+            raise UserError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another -save_model")
+        return None
+    source = ckpt_path if args.resume == "auto" else Path(args.resume)
+    if source.is_file():
+        return source
+    if args.resume != "auto":
+        raise UserError(f"{source}: no such checkpoint to resume")
+    log.info("no %s yet: starting from the beginning", source)
+    return None
+
+
+def make_loader(args: argparse.Namespace, dataset, rank: int, world_size: int,
+                device: torch.device) -> tuple[DataLoader, EpochSampler]:
     sampler = EpochSampler(len(dataset), seed=args.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True,  # no 1-clip batch for batch norm
@@ -380,141 +303,189 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
     if len(loader) == 0:
         raise UserError(f"{len(dataset)} training clips over {world_size} process(es) do not fill one batch of "
                         f"{args.batch_size}: lower --batch-size")
+    return loader, sampler
 
+
+def make_run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int, data: TrainData) -> Run:
+    """The model (initialised with --seed), optimizer, scheduler and scaler of a fresh run."""
     torch.manual_seed(args.seed)  # the new logits layer's init
-    model = build_model(args.init, args.mode, args.num_classes).to(device)
+    model = build_model(args.init, args.mode, data.num_classes).to(device)
     if args.freeze_bn:
         freeze_batch_norm(model)
     # with AMP, channels-last activations too: bf16 + channels_last_3d is ~2x fp32 per training
     # step on a CPU with native bf16 (benchmark_train_step); alone in fp32 it gains nothing
     memory_format = torch.channels_last_3d if args.amp else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    config = run_config(args, model.in_channels, world_size)
+    config = run_config(args, model.in_channels, world_size, data.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.milestones)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
-    step, epoch, batches = 0, 0, 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, config)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise UserError(f"{resume_from}: checkpoint does not fit this model: {str(e).splitlines()[0]}") from e
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batches = int(state["step"]), int(state["epoch"]), int(state["batches"])
-        if state["accum_pos"] != 0:
-            raise UserError(f"{resume_from}: checkpoint taken inside an accumulation; cannot resume exactly")
-        if state["seed"] != args.seed:
-            log.warning("checkpoint seed %s, now --seed %s: the data order changes from here", state["seed"], args.seed)
-        log.info("resumed %s at step %d (epoch %d, %d batches in)", resume_from, step, epoch, batches)
-        if main_rank:  # drop log rows of steps after the checkpoint (written before a kill)
-            rows = read_log(log_csv)
-            if any(int(r["step"]) > step for r in rows):
-                write_log_rows(log_csv, [r for r in rows if int(r["step"]) <= step])
-    elif main_rank and log_csv.exists():
-        log_csv.unlink()  # a fresh run: a stale log would mix two runs
-    net = model
+    return Run(args, device, rank, world_size, data, model, model, optimizer, scheduler, scaler, memory_format, config)
+
+
+def restore(run: Run, source: Path) -> None:
+    """Load a training checkpoint into the run and trim the CSV log back to its step."""
+    state = load_checkpoint(source, run.config)
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"{source}: checkpoint does not fit this model: {str(e).splitlines()[0]}") from e
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
+    run.step, run.epoch, run.batches = int(state["step"]), int(state["epoch"]), int(state["batches"])
+    if state["accum_pos"] != 0:
+        raise UserError(f"{source}: checkpoint taken inside an accumulation; cannot resume exactly")
+    if state["seed"] != run.args.seed:
+        log.warning("checkpoint seed %s, now --seed %s: the data order changes from here", state["seed"], run.args.seed)
+    log.info("resumed %s at step %d (epoch %d, %d batches in)", source, run.step, run.epoch, run.batches)
+    if run.main:  # drop log rows of steps after the checkpoint (written before a kill)
+        rows = read_log(run.log_csv)
+        if any(int(r["step"]) > run.step for r in rows):
+            write_log_rows(run.log_csv, [r for r in rows if int(r["step"]) <= run.step])
+
+
+def checkpoint(run: Run) -> None:
+    """{save_model}STEP.pt (with its recipe), last.ckpt and the plot; never over good files with NaN."""
+    args, step = run.args, run.step
+    bad = first_non_finite(run.model.state_dict())
+    if bad is not None:  # never replace good checkpoints with broken ones
+        raise UserError(f"step {step}: tensor {bad} became NaN or inf (learning rate too high?); nothing "
+                        f"written, the last checkpoint is kept")
+    if not run.main:
+        return
+    made = recipe(args, run.data)
+    atomic_write_bytes(save_path(args.save_model, f"{step:06d}.pt"),
+                       torch_bytes(attach_recipe(run.model.state_dict(), made)))
+    if args.keep_last:  # 64k steps of 50 MB files every 10 steps would fill any disk
+        for old in step_files(args.save_model)[:-args.keep_last]:
+            old.unlink()
+    save_checkpoint(run.ckpt_path, run.model, run.optimizer, run.scheduler, run.scaler, step, run.epoch, run.batches,
+                    0, run.config, args.seed, made)
+    if args.plot:
+        plot_curves(run.log_csv, Path(args.plot) if args.plot != "auto" else save_path(args.save_model, "curves.png"))
+
+
+def forward_backward(run: Run, clips: torch.Tensor, labels: torch.Tensor, sync: bool) -> torch.Tensor:
+    """One batch's forward and backward (DDP all-reduces only on the accumulation's last batch);
+    returns (loc, cls, total) of this batch, each divided by the accumulation steps."""
+    args = run.args
+    clips = clips.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    labels = labels.to(run.device, non_blocking=True)
+    torch.manual_seed(dropout_seed(args.seed, run.epoch, run.batches, run.rank))
+    with (run.net.no_sync() if run.world_size > 1 and not sync else contextlib.nullcontext()):
+        with autocast_for(run.device, args.amp):
+            per_time = run.net(clips)
+        loc, cls = clip_losses(per_time, labels, run.data.kind)
+        loss = total_loss(loc, cls, run.data.kind) / args.accum
+        run.scaler.scale(loss).backward()
+    return torch.tensor([loc.item(), cls.item(), loss.item() * args.accum]) / args.accum
+
+
+def optimizer_step(run: Run) -> float:
+    """The optimizer and scheduler step; returns the learning rate it used."""
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    run.step += 1
+    return lr
+
+
+def log_step(run: Run, sums: torch.Tensor, lr: float) -> None:
+    """Average the step's losses over processes, evaluate when due, write the CSV row."""
+    args, step = run.args, run.step
+    if run.world_size > 1:
+        sums = sums.to(run.device)
+        dist.all_reduce(sums)
+        sums = sums.cpu() / run.world_size
+    loc_v, cls_v, loss_v = sums.tolist()
+    row = {"step": step, "epoch": run.epoch, "loc_loss": f"{loc_v:.6f}", "cls_loss": f"{cls_v:.6f}",
+           "loss": f"{loss_v:.6f}", "lr": f"{lr:.6g}", "map": "", "top1": ""}
+    if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
+        if run.main:
+            run.last_metric = validate(run.model, args, run.device, run.data)
+            name = "map" if run.data.kind == "charades" else "top1"
+            row[name] = f"{run.last_metric:.6f}"
+            log.info("step %d: testing %s %.4f", step, "mAP" if name == "map" else "top-1", run.last_metric)
+        if run.world_size > 1:
+            dist.barrier()
+    if run.main:
+        log.info("step %d epoch %d: loc %.4f cls %.4f loss %.4f lr %.4g", step, run.epoch, loc_v, cls_v, loss_v, lr)
+        append_log_row(run.log_csv, row)
+
+
+def stopping_now(run: Run, stop: StopFlag) -> bool:
+    """Whether any process was asked to stop (all stop together, or the others would wait)."""
+    stopping = stop.set
+    if run.world_size > 1:
+        flag = torch.tensor([float(stopping)], device=run.device)
+        dist.all_reduce(flag)
+        stopping = bool(flag.item())
+    return stopping
+
+
+def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
+    device = pick_device(args, world_size, local_rank)
+    if args.batch_size < 1 or args.accum < 1 or args.max_steps < 1 or args.clip_frames < 1:
+        raise UserError("--batch-size, --accum, --max-steps and --clip-frames must be at least 1")
+    source = resume_source(args)
+    if rank == 0:
+        save_path(args.save_model, "log.csv").parent.mkdir(parents=True, exist_ok=True)
+    data = training_data(args)
+    loader, sampler = make_loader(args, data.dataset, rank, world_size, device)
+    run = make_run(args, device, rank, world_size, data)
+    if source is not None:
+        restore(run, source)
+    elif run.main and run.log_csv.exists():
+        run.log_csv.unlink()  # a fresh run: a stale log would mix two runs
     if world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    last_map = None
-    final_model = save_path(args.save_model, f"{step:06d}.pt")
-    if step >= args.max_steps:
-        log.info("already at step %d of %d: nothing to do", step, args.max_steps)
-        return {"step": step, "map": None, "model": final_model}
-
-    def checkpoint() -> None:
-        bad = first_non_finite(model.state_dict())
-        if bad is not None:  # never replace good checkpoints with broken ones
-            raise UserError(f"step {step}: tensor {bad} became NaN or inf (learning rate too high?); nothing "
-                            f"written, the last checkpoint is kept")
-        if main_rank:
-            atomic_write_bytes(save_path(args.save_model, f"{step:06d}.pt"), torch_bytes(model.state_dict()))
-            if args.keep_last:  # 64k steps of 50 MB files every 10 steps would fill any disk
-                for old in step_files(args.save_model)[:-args.keep_last]:
-                    old.unlink()
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, step, epoch, batches, 0, config, args.seed)
-            if args.plot:
-                plot_curves(log_csv, Path(args.plot) if args.plot != "auto" else save_path(args.save_model, "curves.png"))
-
-    log.info("training %s on %s: %d clips, %d per batch x %d accumulated x %d processes per step, steps %d -> %d",
-             args.mode, device, len(dataset), args.batch_size, args.accum, world_size, step, args.max_steps)
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    final_model = save_path(args.save_model, f"{run.step:06d}.pt")
+    if run.step >= args.max_steps:
+        log.info("already at step %d of %d: nothing to do", run.step, args.max_steps)
+        return {"step": run.step, "map": None, "model": final_model}
+    log.info("training %s on %s: %d clips (%s, %d classes), %d per batch x %d accumulated x %d processes per step, "
+             "steps %d -> %d", args.mode, device, len(data.dataset), data.format, data.num_classes, args.batch_size,
+             args.accum, world_size, run.step, args.max_steps)
     accum_pos, sums = 0, torch.zeros(3, dtype=torch.float64)
-    progress = tqdm(total=args.max_steps, initial=step, unit="step", disable=not main_rank or getattr(args, "quiet", False),
-                    dynamic_ncols=True)
+    progress = tqdm(total=args.max_steps, initial=run.step, unit="step",
+                    disable=not run.main or getattr(args, "quiet", False), dynamic_ncols=True)
     with StopFlag() as stop:
-        while step < args.max_steps:
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=batches * args.batch_size)
+        while run.step < args.max_steps:
+            data.dataset.set_epoch(run.epoch)
+            sampler.set_epoch(run.epoch, skip=run.batches * args.batch_size)
             finished_epoch = True
             for clips, labels in loader:
-                clips = clips.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                labels = labels.to(device, non_blocking=True)
-                torch.manual_seed(dropout_seed(args.seed, epoch, batches, rank))
-                sync = accum_pos + 1 == args.accum
-                # DDP: all-reduce the gradients only on the last batch of an accumulation
-                with (net.no_sync() if world_size > 1 and not sync else contextlib.nullcontext()):
-                    with autocast_for(device, args.amp):
-                        per_time = net(clips)
-                    loc, cls = charades_losses(per_time, labels)
-                    loss = (0.5 * loc + 0.5 * cls) / args.accum
-                    scaler.scale(loss).backward()
-                sums += torch.tensor([loc.item(), cls.item(), 2 * loss.item()]) / args.accum
-                batches += 1
+                sums += forward_backward(run, clips, labels, sync=accum_pos + 1 == args.accum)
+                run.batches += 1
                 accum_pos += 1
                 if accum_pos < args.accum:
                     continue
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
                 accum_pos = 0
-                if world_size > 1:
-                    sums = sums.to(device)
-                    dist.all_reduce(sums)
-                    sums = sums.cpu() / world_size
-                loc_v, cls_v, loss_v = sums.tolist()
+                log_step(run, sums, optimizer_step(run))
                 sums.zero_()
-                row = {"step": step, "epoch": epoch, "loc_loss": f"{loc_v:.6f}", "cls_loss": f"{cls_v:.6f}",
-                       "loss": f"{loss_v:.6f}", "lr": f"{lr:.6g}", "map": ""}
-                if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
-                    if main_rank:
-                        last_map = validate(model, args, device)
-                        row["map"] = f"{last_map:.6f}"
-                        log.info("step %d: testing mAP %.4f", step, last_map)
-                    if world_size > 1:
-                        dist.barrier()
-                if main_rank:
-                    log.info("step %d epoch %d: loc %.4f cls %.4f loss %.4f lr %.4g", step, epoch, loc_v, cls_v,
-                             loss_v, lr)
-                    append_log_row(log_csv, row)
                 progress.update(1)
-                stopping = stop.set
-                if world_size > 1:  # stop together, or the others would wait forever
-                    flag = torch.tensor([float(stopping)], device=device)
-                    dist.all_reduce(flag)
-                    stopping = bool(flag.item())
-                if step % args.save_every == 0 or step >= args.max_steps or stopping:
-                    checkpoint()
-                    final_model = save_path(args.save_model, f"{step:06d}.pt")
+                stopping = stopping_now(run, stop)
+                if run.step % args.save_every == 0 or run.step >= args.max_steps or stopping:
+                    checkpoint(run)
+                    final_model = save_path(args.save_model, f"{run.step:06d}.pt")
                 if stopping:
-                    log.warning("stopped at step %d; resume with --resume", step)
+                    log.warning("stopped at step %d; resume with --resume", run.step)
                     progress.close()
-                    return {"step": step, "map": last_map, "model": final_model, "stopped": True}
-                if step >= args.max_steps:
+                    return {"step": run.step, "map": run.last_metric, "model": final_model, "stopped": True}
+                if run.step >= args.max_steps:
                     finished_epoch = False
                     break
             if finished_epoch:
-                epoch += 1
-                batches = 0
+                run.epoch += 1
+                run.batches = 0
     progress.close()
-    log.info("done: step %d, weights %s", step, final_model)
-    return {"step": step, "map": last_map, "model": final_model}
+    log.info("done: step %d, weights %s", run.step, final_model)
+    return {"step": run.step, "map": run.last_metric, "model": final_model}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,14 +495,27 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-mode", "--mode", choices=("rgb", "flow"), default="rgb")
-    p.add_argument("-root", "--root", type=Path, required=True, help="frames root: ROOT/VID/VID-000001.jpg")
+    p.add_argument("-root", "--root", type=Path, required=True,
+                   help="Charades frames root (ROOT/VID/VID-000001.jpg) or the videos' root (ROOT/CLASS/video.mp4)")
     p.add_argument("-save_model", "--save-model", required=True,
                    help="output prefix: {prefix}000010.pt, {prefix}last.ckpt, {prefix}log.csv")
-    p.add_argument("-split", "--split", nargs="+", default=["charades/charades.json"],
-                   help="charades.json and/or Charades_v1_train.csv / _test.csv (merged)")
+    p.add_argument("-split", "--split", nargs="+", default=None,
+                   help="split / annotation files, their format detected (see video_datasets.py): charades.json or "
+                        "Charades CSVs, UCF101 classInd.txt + trainlistNN.txt (or their folder), HMDB51 "
+                        "*_test_splitN.txt, a Kinetics CSV, 'path label' lists; none: class folders under -root "
+                        f"(or the original's {ORIGINAL_SPLIT} when present)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="force the dataset format (default: detected)")
+    p.add_argument("--fold", type=positive_int, default=1, help="UCF101 / HMDB51 split number (1-3)")
+    p.add_argument("--val-fraction", type=nonneg_float, default=0.0,
+                   help="class folders: hold out this fraction of each class as the testing set (seeded by --seed)")
+    p.add_argument("--flow-root", type=Path, default=None,
+                   help="-mode flow on a video dataset: dense_flow.py folders mirroring the videos' layout")
+    p.add_argument("--frame-stride", type=positive_int, default=1,
+                   help="take every N-th frame for a clip (video datasets)")
     p.add_argument("--init", default=None, help="weights name in models/ or path (default: {mode}_imagenet; "
                                                 "'none': random init)")
-    p.add_argument("--num-classes", type=positive_int, default=157)
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="outputs of the new logits layer (default: the dataset's; Charades 157)")
     p.add_argument("--max-steps", type=positive_int, default=64000, help="optimizer steps (the original's 64e3)")
     p.add_argument("--save-every", type=positive_int, default=10, help="steps between checkpoints (the original's 10)")
     p.add_argument("--keep-last", type=nonneg_int, default=0,
@@ -550,7 +534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mixed precision, channels-last: fp16 + GradScaler on CUDA, bf16 autocast on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=nonneg_int, default=0,
-                   help="steps between testing-subset mAP evaluations (0: none; eval_i3d.py does it afterwards)")
+                   help="steps between testing-set evaluations: Charades mAP, top-1 elsewhere (0: none; eval_i3d.py "
+                        "does it afterwards)")
     p.add_argument("--test-root", type=Path, default=None, help="frames root of the testing videos (default: -root)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from {save_model}last.ckpt (started fresh when absent) or the given checkpoint")
@@ -561,6 +546,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is None:
         args.init = f"{args.mode}_imagenet"
+    if args.val_fraction >= 1:
+        p.error("--val-fraction must be below 1")
     if args.save_every < 1:
         p.error("--save-every must be at least 1")
     return args
@@ -568,9 +555,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start(args)
+    device = start(args)
     if dist_env()[0] != 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
+    log_precision(device, args.amp)
     result = train(args)
     return 0 if result["step"] >= args.max_steps or result.get("stopped") else 1
 

@@ -104,10 +104,49 @@ def test_centered_cli_both_streams_concat_fps_h5(tmp_path):
         assert list(f["clip"].attrs["window_center_frame"]) == list(range(10))
 
 
-def test_centered_is_part_of_the_recipe():
-    """A --centered run into a SAVE_DIR of plain --stack N --step 1 outputs is another recipe."""
+def test_centered_is_part_of_the_recipe_both_ways():
+    """--centered into plain --stack N --step 1 outputs, and a plain rerun into --centered
+    outputs (the stale case: the old check compared only the keys asked for), are both another
+    recipe; outputs made before --centered existed (no key) read as plain and still resume."""
     base = ["-load_model", "x.pt", "--input", "v", "-save_dir", "o", "--stack", "21", "--step", "1"]
-    plain, centered = ef.parse_args(base), ef.parse_args([*base, "--centered"])
-    assert "centered" not in ef.recipe(plain, "rgb", "")  # older outputs keep resuming
-    assert ef.recipe_difference(ef.recipe(plain, "rgb", ""), ef.recipe(centered, "rgb", "")) == \
-        "centered not recorded (an older version made it), True asked"
+    plain = ef.recipe(ef.parse_args(base), "rgb", "")
+    centered = ef.recipe(ef.parse_args([*base, "--centered"]), "rgb", "")
+    assert plain["centered"] is False and centered["centered"] is True
+    assert ef.recipe_difference(plain, centered) == "centered False there, True asked"
+    assert ef.recipe_difference(centered, plain) == "centered True there, False asked"
+    older = {k: v for k, v in plain.items() if k != "centered"}
+    assert ef.recipe_difference(older, plain) is None and ef.recipe_difference(plain, older) is None
+    assert ef.recipe_difference(older, centered) == "centered False there (not recorded: the default), True asked"
+    assert ef.recipe_difference(centered, older) == "centered True there, False asked (not recorded: the default)"
+
+
+def test_recipe_keys_of_either_side_count():
+    """A recipe key only the stored output has is a difference too (no default: not asked)."""
+    wanted = {"mode": "flow", "stack": 16}
+    assert ef.recipe_difference({**wanted, "flow_resize": 256}, wanted) == "flow_resize 256 there, not asked"
+    assert ef.recipe_difference(wanted, {**wanted, "flow_resize": 256}) == \
+        "flow_resize not recorded (an older version made it), 256 asked"
+    assert ef.recipe_difference({**wanted, "flow.stack": 8}, wanted) == "flow.stack 8 there, not asked"
+    assert ef.recipe_difference({**wanted, "window_center_s": [0.0]}, wanted) is None  # not a recipe key
+    assert ef.recipe_difference({**wanted, "code_version": "abc"}, {**wanted, "code_version": "def"}) is None
+
+
+@pytest.mark.parametrize("stored_centered", [True, False])
+def test_rerun_into_the_other_centring_is_refused(tmp_path, stored_centered):
+    """Through the store, both directions: refused in one line without --overwrite, redone with it."""
+    from types import SimpleNamespace
+    from errors import UserError
+    from feature_store import NpyStore
+
+    base = ["-load_model", "x.pt", "--input", "v", "-save_dir", "o", "--stack", "21", "--step", "1"]
+    plain = ef.recipe(ef.parse_args(base), "rgb", "")
+    centered = ef.recipe(ef.parse_args([*base, "--centered"]), "rgb", "")
+    stored, wanted = (centered, plain) if stored_centered else (plain, centered)
+    store = NpyStore(tmp_path)
+    store.save("A", np.zeros((3, 4), np.float32), stored)
+    src = [SimpleNamespace(key="A")]
+    assert ef.select_todo(store, src, stored, overwrite=False) == []  # the same recipe: done
+    with pytest.raises(UserError, match=rf"A.npy was made with another recipe \(centered {stored_centered} there, "
+                                        rf"{not stored_centered} asked\); give --overwrite"):
+        ef.select_todo(store, src, wanted, overwrite=False)
+    assert ef.select_todo(store, src, wanted, overwrite=True) == src

@@ -188,3 +188,195 @@ def test_synthetic_flow_is_the_true_motion(synthetic):
             assert moved < 10 and moved < 0.3 * stayed, (vid, i, moved, stayed)  # JPEG noise only
             moving_pixels += int(moving.sum())
     assert moving_pixels > 1000
+
+
+# ----------------------------------------------------------------------------------------------
+# video_datasets.py: every format from small files written as the official ones (CRLF line
+# ends, trailing spaces, quoted Kinetics labels), and the bad inputs, each one line naming
+# the file and line.
+# ----------------------------------------------------------------------------------------------
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import video_datasets as vd  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent / "data" / "datasets"
+
+
+def touch_videos(root: Path, rels) -> None:
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+
+
+def test_examples_keep_their_official_bytes():
+    assert b"\r\n" in (EXAMPLES / "ucf101" / "trainlist01.txt").read_bytes()
+    assert b"1 \n" in (EXAMPLES / "hmdb51" / "brush_hair_test_split1.txt").read_bytes()
+    assert b'"passing American football (in game)"' in (EXAMPLES / "kinetics" / "validate.csv").read_bytes()
+
+
+def test_ucf101_split_files(tmp_path):
+    touch_videos(tmp_path, ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyLipstick/v_ApplyLipstick_g08_c01.avi",
+                            "Archery/v_Archery_g08_c01.avi", "Archery/v_Archery_g01_c01.avi"])
+    (tmp_path / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01").mkdir()  # a frame folder stands for the .avi
+    split = [EXAMPLES / "ucf101"]
+    assert vd.detect_format(split) == "ucf101"
+    train = vd.read_dataset(split, tmp_path, "training")
+    assert train.classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    assert [(s.key, s.labels) for s in train.samples] == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", (0,)), ("ApplyLipstick/v_ApplyLipstick_g08_c01", (1,)),
+        ("Archery/v_Archery_g08_c01", (2,))]
+    assert [m.where for m in train.missing] == [f"{EXAMPLES / 'ucf101' / 'trainlist01.txt'}:2"]
+    test = vd.read_dataset(split, tmp_path, "testing")  # test lists carry no label: from classInd.txt
+    assert [(s.key, s.labels) for s in test.samples] == [("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", (0,)),
+                                                         ("Archery/v_Archery_g01_c01", (2,))]
+    assert Path(test.samples[0].path).is_dir() and len(test.missing) == 1
+
+
+def test_hmdb51_split_files(tmp_path):
+    touch_videos(tmp_path, ["brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+                            "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi",
+                            "catch/Catch_the_ball_catch_f_cm_np1_ba_med_0.avi",
+                            "catch/Catch_the_ball_catch_f_cm_np1_ba_med_1.avi"])
+    files = sorted((EXAMPLES / "hmdb51").iterdir())
+    assert vd.detect_format(files) == "hmdb51"
+    train = vd.read_dataset(files, tmp_path, "training")
+    test = vd.read_dataset(files, tmp_path, "testing")
+    assert train.classes == ["brush_hair", "catch"]
+    assert [(Path(s.path).name, s.labels) for s in train.samples] == [
+        ("April_09_brush_hair_u_nm_np1_ba_goo_0.avi", (0,)), ("Catch_the_ball_catch_f_cm_np1_ba_med_1.avi", (1,))]
+    assert [(Path(s.path).name, s.labels) for s in test.samples] == [
+        ("April_09_brush_hair_u_nm_np1_ba_goo_1.avi", (0,)), ("Catch_the_ball_catch_f_cm_np1_ba_med_0.avi", (1,))]
+
+
+def test_kinetics_csv_mapped_to_the_label_map(tmp_path):
+    # the layouts the common downloaders write: root/, root/SPLIT/, root/LABEL/
+    touch_videos(tmp_path, ["--GkrdYZ9Tc_000000_000010.mp4", "validate/-5vY7U2Zj2s_000012_000022.mp4"])
+    split = [EXAMPLES / "kinetics" / "validate.csv"]
+    assert vd.detect_format(split) == "kinetics"
+    val = vd.read_dataset(split, tmp_path, "testing")
+    labels = (Path(__file__).resolve().parent.parent / "data" / "label_map.txt").read_text().splitlines()
+    assert val.classes == labels and val.num_classes == 400
+    assert [(s.key, val.classes[s.labels[0]]) for s in val.samples] == [
+        ("--GkrdYZ9Tc_000000_000010", "abseiling"), ("-5vY7U2Zj2s_000012_000022", "passing American football (in game)")]
+    assert [val.classes[m.labels[0]] for m in val.missing] == ["massaging person's head"]  # counted, not fatal
+    touch_videos(tmp_path, ["air drumming/07ZU_wz2uF4_000040_000050.mp4"])
+    assert len(vd.read_dataset(split, tmp_path, "training").samples) == 1
+
+
+def test_plain_lists_relative_to_the_list(tmp_path):
+    shutil.copytree(EXAMPLES / "list", tmp_path / "list")
+    touch_videos(tmp_path / "list", ["videos/walk.mp4", "videos/run.mp4", "videos/jump.mp4"])
+    one = vd.read_dataset([tmp_path / "list" / "train.txt"], "/nonexistent", "training")
+    assert [(s.key, s.labels) for s in one.samples] == [("videos/walk", (0,)), ("videos/run", (1,)),
+                                                        ("videos/jump", (2,))]
+    assert one.num_classes == 3 and not one.multilabel
+    multi = vd.read_dataset([tmp_path / "list" / "multi_train.txt"], "/nonexistent", "training")
+    assert multi.multilabel and multi.samples[0].labels == (0, 2)
+
+
+def test_class_folders_with_a_seeded_hold_out(tmp_path):
+    touch_videos(tmp_path, [f"{c}/v{i}.mp4" for c in ("b_walk", "a_run") for i in range(5)])
+    (tmp_path / "a_run" / "v9").mkdir()  # a frame folder is a video too
+    train = vd.read_dataset(None, tmp_path, "training", val_fraction=0.4, seed=1)
+    test = vd.read_dataset(None, tmp_path, "testing", val_fraction=0.4, seed=1)
+    assert train.classes == ["a_run", "b_walk"]
+    assert len(test.samples) == 2 + 2 and len(train.samples) == 4 + 3
+    assert not {s.key for s in train.samples} & {s.key for s in test.samples}
+    assert test.samples == vd.read_dataset(None, tmp_path, "testing", val_fraction=0.4, seed=1).samples
+    assert vd.read_dataset(None, tmp_path, "training").num_classes == 2
+
+
+@pytest.mark.parametrize("case", ["class not in classInd", "label out of range", "label disagrees",
+                                  "test list without classInd", "list mixing formats", "files of two formats",
+                                  "empty class folder", "list label out of range", "nothing there"])
+def test_bad_split_input_is_one_line_naming_file_and_line(case, tmp_path):
+    ucf = tmp_path / "ucf"
+    shutil.copytree(EXAMPLES / "ucf101", ucf)
+    split, root, kw, where = [ucf], tmp_path, {}, None
+    if case == "class not in classInd":
+        ucf.joinpath("trainlist01.txt").write_bytes(b"ApplyEyeMakeup/a.avi 1\r\nBowling/v_Bowling_g01_c01.avi 3\r\n")
+        where = f"{ucf / 'trainlist01.txt'}:2: class 'Bowling' is not in"
+    elif case == "label out of range":
+        ucf.joinpath("trainlist01.txt").write_bytes(b"Archery/a.avi 4\r\n")
+        where = f"{ucf / 'trainlist01.txt'}:1: label '4' out of range 1..3"
+    elif case == "label disagrees":
+        ucf.joinpath("trainlist01.txt").write_bytes(b"Archery/a.avi 2\r\n")
+        where = f"{ucf / 'trainlist01.txt'}:1: label 2 is ApplyLipstick"
+    elif case == "test list without classInd":
+        ucf.joinpath("classInd.txt").unlink()
+        split, kw = [ucf / "testlist01.txt"], {"subset": "testing"}
+        where = f"{ucf / 'testlist01.txt'}:1: UCF101 lists name classes through classInd.txt"
+    elif case == "list mixing formats":
+        lst = tmp_path / "train.txt"
+        lst.write_text("a.mp4 0\nArchery/v_Archery_g01_c01.avi\n")
+        split, where = [lst], f"{lst}:2: expected 'PATH LABEL [LABEL ...]'"
+    elif case == "files of two formats":
+        split = [ucf / "trainlist01.txt", EXAMPLES / "kinetics" / "validate.csv"]
+        where = f"{EXAMPLES / 'kinetics' / 'validate.csv'}: a kinetics file among ucf101 ones"
+    elif case == "empty class folder":
+        touch_videos(tmp_path / "v", ["walk/a.mp4"])
+        (tmp_path / "v" / "run").mkdir()
+        split, root, where = [], tmp_path / "v", f"{tmp_path / 'v' / 'run'}: empty class folder"
+    elif case == "list label out of range":
+        lst = tmp_path / "train.txt"
+        lst.write_text("a.mp4 0\nb.mp4 -1\n")
+        split, where = [lst], f"{lst}:2: label out of range"
+    elif case == "nothing there":
+        where = f"{tmp_path}: none of the 4 training videos of the split is there"
+    with pytest.raises(UserError) as e:
+        vd.read_dataset(split, root, **{"subset": "training", **kw})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(where), msg
+
+
+def test_read_video_frames_seeks_frame_accurately(tmp_path):
+    import synthetic_ucf101
+    frames = synthetic_ucf101.render(np.random.default_rng(0), 1, 4, 40, 48)
+    path = tmp_path / "v.avi"
+    synthetic_ucf101.write_video(path, frames)
+    whole = frame_io.read_frames(path)
+    for idx in ([0, 1, 2], [13, 13, 15, 17], [30, 39, 39], [39]):
+        got = frame_io.read_video_frames(path, idx)
+        assert all(np.array_equal(g, whole[i]) for g, i in zip(got, idx)), idx
+
+
+def test_read_video_frames_real_video(sample_videos):
+    import itertools
+    path = sample_videos[0]
+    whole = list(itertools.islice(frame_io.iter_frames(path), 220))
+    for idx in ([0, 2, 4], [101, 102], [150, 175, 200, 219]):  # bikes.mp4: H.264 with B-frames
+        got = frame_io.read_video_frames(path, idx)
+        assert all(np.array_equal(g, whole[i]) for g, i in zip(got, idx)), idx
+
+
+def test_video_clips_are_pure_functions_of_seed_epoch_index(tmp_path):
+    import synthetic_ucf101
+    lists = synthetic_ucf101.write_dataset(tmp_path, per_class=2, num_classes=2, frames=12, size=32, test_groups=1)
+    data = vd.read_dataset([lists], tmp_path / "videos", "training")
+    ds = vd.VideoClips(data, "rgb", vt.RandomCrop(24), clip_frames=8, frame_stride=2, resize=32, seed=4)
+    a, la = ds[1]
+    b, lb = ds[1]
+    assert a.shape == (3, 8, 24, 24) and torch.equal(a, b) and la == lb == data.samples[1].labels[0]
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], a)
+
+
+def test_flow_clips_from_mirrored_dense_flow_folders(tmp_path):
+    touch_videos(tmp_path / "videos", ["walk/v1.avi", "run/v2.avi"])
+    rng = np.random.default_rng(0)
+    for key in ("walk/v1", "run/v2"):  # dense_flow.py's layout: FLOW_ROOT/KEY/VID-000001x.jpg, y.jpg
+        vid = key.split("/")[1]
+        (tmp_path / "flow" / key).mkdir(parents=True)
+        for i in range(1, 7):
+            for axis in "xy":
+                frame_io.write_image(tmp_path / "flow" / key / frame_io.charades_frame_name(vid, i, axis),
+                                     rng.integers(0, 255, (20, 24), dtype=np.uint8))
+    data = vd.read_dataset(None, tmp_path / "videos", "training")
+    ds = vd.VideoClips(data, "flow", None, clip_frames=8, resize=0, flow_root=tmp_path / "flow")
+    clip, label = ds[1]
+    assert clip.shape == (2, 8, 20, 24) and label == 1  # 6 frames padded to 8 by repeating the last
+    assert torch.equal(clip[:, 5], clip[:, 7])
+    with pytest.raises(UserError, match="--flow-root"):
+        vd.VideoClips(data, "flow")

@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score
 import eval_i3d
 import synthetic_charades
 from charades_dataset import VideoAnnotation, read_annotations
-from charades_dataset_full import VideoSource, open_video
+from video_sources import VideoSource, open_video
 from synthetic_charades import calibrated_random_i3d
 import charades_metrics
 
@@ -314,3 +314,103 @@ def test_cli_bad_input_is_one_line(case, syn, weight_files, tmp_path):
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in p.stderr, p.stderr
     expected = {"invalid split": "bad.json", "root without videos": "none of", "flow weights for rgb": "flow weights"}
     assert expected[case] in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Video datasets: metrics, the eval_i3d.py protocol and outputs, recorded recipes, bad input
+# ----------------------------------------------------------------------------------------------
+
+import io as _io  # noqa: E402
+import csv as _csv  # noqa: E402
+
+import frame_io  # noqa: E402
+import metrics  # noqa: E402
+import synthetic_ucf101  # noqa: E402
+import video_datasets  # noqa: E402
+import video_eval  # noqa: E402
+from sklearn.metrics import top_k_accuracy_score, balanced_accuracy_score, confusion_matrix  # noqa: E402
+
+
+def test_accuracy_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 6))
+    labels = rng.integers(0, 6, 50)
+    for k in (1, 3, 5):
+        assert metrics.top_k_accuracy(scores, labels, k) == pytest.approx(
+            top_k_accuracy_score(labels, scores, k=k, labels=range(6)))
+    assert metrics.mean_class_accuracy(scores, labels, 6) == pytest.approx(
+        balanced_accuracy_score(labels, scores.argmax(1)))
+    assert (metrics.confusion_matrix(scores, labels, 6) == confusion_matrix(labels, scores.argmax(1),
+                                                                            labels=range(6))).all()
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ucf_eval")
+    lists = synthetic_ucf101.write_dataset(out, per_class=2, num_classes=3, frames=10, size=40, test_groups=1)
+    return out / "videos", lists
+
+
+@pytest.fixture(scope="module")
+def ucf_model(tmp_path_factory):
+    """A 3-class random I3D saved as train_i3d.py saves a step, with its recipe."""
+    model = calibrated_random_i3d(seed=2, num_classes=3)
+    path = tmp_path_factory.mktemp("ucf_model") / "m.pt"
+    recipe = {"mode": "rgb", "classes": ["Still", "Pan", "Shake"], "num_classes": 3, "clip_frames": 8,
+              "frame_stride": 1, "crop": 32, "resize": 40}
+    torch.save(video_datasets.attach_recipe(model.state_dict(), recipe), path)
+    return model, path
+
+
+@pytest.mark.slow
+def test_video_eval_is_the_softmax_of_time_averaged_logits(ucf, ucf_model):
+    root, lists = ucf
+    model, _ = ucf_model
+    data = video_datasets.read_dataset([lists], root, "testing")
+    r = video_eval.evaluate(model, data, resize=40, crop=32, clip_frames=8, progress=False)
+    for key, probs, s in zip(r["keys"], r["probs"], data.samples):
+        frames = frame_io.center_crop(video_datasets.load_clip(s.path, list(range(10)), "rgb", 40), 32)
+        x = torch.from_numpy(frame_io.to_tensor_layout(frame_io.to_model_range(frames)))[None]
+        with torch.no_grad():
+            ref = torch.softmax(model.eval()(x).mean(2)[0], 0).numpy()
+        assert np.abs(probs - ref).max() < 1e-4  # streamed = whole forward, to float rounding
+    y = np.array([ls[0] for ls in r["labels"]])
+    assert r["top1"] == pytest.approx(metrics.top_k_accuracy(r["probs"], y, 1)) and r["videos"] == 3
+    views = video_eval.evaluate(model, data, resize=40, crop=32, clip_frames=8, views=2, crops=3, progress=False)
+    assert views["probs"].shape == (3, 3) and np.allclose(views["probs"].sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_cli_json_outputs_recipe_and_skip_bad(ucf, ucf_model, tmp_path, capsys, caplog):
+    root, lists = ucf
+    _, path = ucf_model
+    bad_root = tmp_path / "videos"
+    shutil.copytree(root, bad_root)
+    (bad_root / "Pan" / "v_Pan_g01_c01.avi").write_bytes(b"not a video")  # unreadable
+    (bad_root / "Shake" / "v_Shake_g01_c01.avi").unlink()  # missing
+    argv = ["-root", str(bad_root), "--split", str(lists), "-load_model", str(path), "--json", "-q",
+            "--per-class", str(tmp_path / "pc.csv"), "--predictions", str(tmp_path / "pred.csv"),
+            "--confusion", str(tmp_path / "cm.png"), "--crop", "24"]
+    assert eval_i3d.main(argv) == 1  # a missing and an unreadable video: listed, exit 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"top1", "top5", "mean_class_accuracy", "videos", "missing"} <= out.keys()
+    assert out["videos"] == 1 and out["missing"] == 1 and len(out["failed"]) == 1
+    assert "--crop 24 given: the model was trained with --crop 32" in caplog.text  # the recipe's other flags hold
+    assert eval_i3d.main(argv + ["--skip-bad"]) == 0
+    rows = list(_csv.reader(_io.StringIO((tmp_path / "pc.csv").read_text())))
+    assert rows[0] == ["class", "name", "videos", "correct", "accuracy"] and [r[1] for r in rows[1:]] == [
+        "Still", "Pan", "Shake"]
+    pred = list(_csv.DictReader(_io.StringIO((tmp_path / "pred.csv").read_text())))
+    assert pred[0]["video"] == "Still/v_Still_g01_c01" and pred[0]["true"] == "Still"
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_of_another_class_count_is_refused(ucf, tmp_path):
+    root, lists = ucf
+    path = tmp_path / "k.pt"
+    torch.save(calibrated_random_i3d(seed=0, num_classes=5).state_dict(), path)
+    r = subprocess.run([sys.executable, str(ROOT / "eval_i3d.py"), "-root", str(root), "--split", str(lists),
+                        "-load_model", str(path), "--crop", "32", "-q"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("eval_i3d.py: error: the rgb model has 5 classes, the dataset 3: not a model for "
+                                "this dataset")

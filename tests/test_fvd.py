@@ -203,6 +203,69 @@ def test_bad_input_is_one_line(case, expect, ckpts, sets, tmp_path):
     assert len(errors) == 1 and expect in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+def _stats_file(path: Path, **protocol) -> Path:
+    base = {"protocol": None, "weights": "rgb_scratch", "weights_sha256": "98da0e30cf61d4ea", "frames": 16,
+            "frames_requested": 16, "stride": 1, "num_clips": None, "clips": None, "seed": 0, "resize": "tf1-bilinear",
+            "size": 224, "rescale": "2*x/255-1", "features": "400 logits averaged over time",
+            "covariance": "float64, N-1", "precision": "fp32", "reference_precision": True, "code_version": "abc"}
+    rng = np.random.default_rng(0)
+    fvd.Stats(rng.random(400), np.eye(400), 3, {k: v for k, v in dict(base, **protocol).items() if v != "DROP"},
+              videos=3).save(path)
+    return path
+
+
+def test_save_stats_over_another_protocol_is_refused(tmp_path):
+    """--save-stats over a file made with another protocol: one line naming the difference unless
+    --overwrite; the same protocol (or one differing only in name, code version or an unused seed)
+    is rewritten; a key a file from before --stride lacks reads as its default (1)."""
+    old = fvd.Stats.load(_stats_file(tmp_path / "old.npz")).protocol
+    target = _stats_file(tmp_path / "t.npz")
+    for same in ({}, {"weights": "renamed"}, {"code_version": "def"}, {"seed": 7}, {"frames": 40}):
+        fvd.check_stats_target(target, dict(old, **same), overwrite=False)
+    for change, msg in [({"stride": 2}, "stride 1 there, 2 asked"), ({"precision": "bf16"}, "precision 'fp32' there"),
+                        ({"frames_requested": 32}, "frames_requested 16 there, 32 asked"),
+                        ({"clips": 3}, "clips None there, 3 asked"), ({"weights_sha256": "0" * 16}, "weights_sha256"),
+                        ({"resize": "none", "size": None}, "resize 'tf1-bilinear' there, 'none' asked")]:
+        with pytest.raises(UserError, match=rf"t.npz was made with another protocol \({msg}.*; give --overwrite"):
+            fvd.check_stats_target(target, dict(old, **change), overwrite=False)
+        fvd.check_stats_target(target, dict(old, **change), overwrite=True)
+    clipped = _stats_file(tmp_path / "c.npz", clips=3)  # random clips: the seed counts
+    with pytest.raises(UserError, match=r"seed 0 there, 7 asked"):
+        fvd.check_stats_target(clipped, dict(old, clips=3, seed=7), overwrite=False)
+    no_stride = _stats_file(tmp_path / "s.npz", stride="DROP")
+    fvd.check_stats_target(no_stride, old, overwrite=False)
+    with pytest.raises(UserError, match=r"stride 1 there \(not recorded: the default\), 2 asked"):
+        fvd.check_stats_target(no_stride, dict(old, stride=2), overwrite=False)
+    (tmp_path / "x.npz").write_bytes(b"something else")
+    with pytest.raises(UserError, match=r"x.npz: not statistics .*; give --overwrite"):
+        fvd.check_stats_target(tmp_path / "x.npz", old, overwrite=False)
+    # through main, statistics copied from a stats file (no model): refused before writing, kept, then replaced
+    other = _stats_file(tmp_path / "other.npz", precision="bf16", reference_precision=False)
+    before = target.read_bytes()
+    with pytest.raises(UserError, match=r"precision 'fp32' there, 'bf16' asked"):
+        fvd.main([str(other), "--save-stats", str(target), "-q"])
+    assert target.read_bytes() == before
+    assert fvd.main([str(other), "--save-stats", str(target), "--overwrite", "-q"]) == 0
+    assert fvd.Stats.load(target).protocol["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_cli_save_stats_rerun_with_another_protocol(ckpts, sets, tmp_path):
+    """The CLI: exit 2 with one line and the file kept; --overwrite recomputes it."""
+    a, out = sets / "a.npy", tmp_path / "a.npz"
+    cli(a, "--weights", ckpts["rgb"], "--workers", "0", "--save-stats", out, check_rc=0)
+    first = out.read_bytes()
+    r = cli(a, "--weights", ckpts["rgb"], "--workers", "0", "--save-stats", out, "--resize-method", "torch")
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "made with another protocol (resize 'tf1-bilinear' there, 'torch-bilinear-antialias'" \
+        " asked); give --overwrite" in errors[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert out.read_bytes() == first
+    cli(a, "--weights", ckpts["rgb"], "--workers", "0", "--save-stats", out, "--resize-method", "torch", "--overwrite",
+        check_rc=0)
+    assert fvd.Stats.load(out).protocol["resize"] == "torch-bilinear-antialias"
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(ckpts, sets, tmp_path):
     args = [sets / "a.npy", sets / "b.npy", "--weights", ckpts["rgb"], "--json", "--workers", "0",
