@@ -44,7 +44,7 @@ from runtime import select_device
 from cli import add_device, add_verbosity, run_main, start
 from fast_i3d import PrecisionError, check_precision, cpu_has_native_bf16, resolve_precision
 from pytorch_i3d import InceptionI3d
-from synthetic_charades import calibrated_random_i3d, synthetic_pair
+from synthetic_charades import calibrated_random_i3d, make_jpeg_video, synthetic_pair
 from train_state import autocast_for, charades_losses
 from tvl1 import compile_available, end_point_error, tvl1_torch
 from weights import MODELS_DIR, load_model
@@ -284,16 +284,6 @@ def _weights_file(args, folder: Path, num_classes: int) -> Path:
         return REAL_WEIGHTS
     torch.save(calibrated_random_i3d(num_classes=num_classes).state_dict(), folder / "random.pt")
     return folder / "random.pt"
-
-
-def make_jpeg_video(root: Path, vid: str, n: int, h: int = 256, w: int = 340) -> None:
-    """Charades-layout JPEGs root/VID/VID-000001.jpg...: moving gradients plus noise."""
-    rng, (yy, xx) = np.random.default_rng(0), np.mgrid[0:h, 0:w]
-    (root / vid).mkdir(parents=True, exist_ok=True)
-    for i in range(1, n + 1):
-        img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1)
-        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-        frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
 
 
 def original_extract(root: str, vid: str, weights: str, out: str) -> None:
@@ -537,27 +527,39 @@ def _original_style_load(root: Path, vid: str, start: int, num: int) -> np.ndarr
     return np.asarray(frames, dtype=np.float32)
 
 
+def _rows(section: str, times: dict[str, float], base: str, per_call: int) -> list[dict]:
+    """Rate rows (per_call items per timed call) against the base path of the same run."""
+    return [{"section": section, "row": name, "unit": "clips/s", "value": per_call / t, "baseline_row": base,
+             "baseline_value": per_call / times[base]} for name, t in times.items()]
+
+
 def benchmark_loading(args=None) -> list[dict]:
-    """Clips/s: JPEG frames, ours vs the original-style loop (same pixels); training clips, .mp4 seek vs JPEGs."""
+    """Clips/s: JPEG frames, ours against the original-style loop (checked to give the same
+    pixels); then 8 training clips read by seeking in an .mp4 against the same clips from JPEGs."""
     frames_n, repeat = int(getattr(args, "frames", 64) or 64), int(getattr(args, "repeat", 3) or 3)
-    base, clip = "original-style loop (cv2, float64)", 16 if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
-    jpeg = f"training clips, JPEG folder ({clip} frames)"
+    clip = 16 if select_device(getattr(args, "device", "auto") or "auto").type == "cpu" else frames_n
+    base, jpeg = "original-style loop (cv2, float64)", f"training clips, JPEG folder ({clip} frames)"
     with tempfile.TemporaryDirectory() as tmp:
-        make_jpeg_video(root := Path(tmp), "v", max(frames_n, 250))  # 10 s at 25 fps: clips start anywhere
+        root = Path(tmp)
+        make_jpeg_video(root, "v", max(frames_n, 250))  # 10 s at 25 fps: clips start anywhere
         item = VideoItem("v", frames_n, np.zeros((NUM_CLASSES, frames_n), np.float32))
-        ours = lambda: frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])  # noqa: E731
-        original = lambda: _original_style_load(root, "v", 1, frames_n)  # noqa: E731
-        assert np.abs(ours() - original()).max() < 1e-5
-        times = time_round_robin({base: original, "ours (uint8, float32 at the end)": ours}, repeat)
+        paths = {base: lambda: _original_style_load(root, "v", 1, frames_n),
+                 "ours (uint8, float32 at the end)":
+                     lambda: frame_io.to_model_range(load_clip(root, item, 0, frames_n, "rgb", None)[0])}
+        assert np.abs(paths[base]() - paths["ours (uint8, float32 at the end)"]()).max() < 1e-5
+        rows = _rows("loading", time_round_robin(paths, repeat), base, 1)
         writer = cv2.VideoWriter(str(root / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (340, 256))
-        _ = [writer.write(cv2.imread(str(f))) for f in frame_io.list_frame_files(root / "v")] + [writer.release()]
+        for f in frame_io.list_frame_files(root / "v"):
+            writer.write(cv2.imread(str(f)))
+        writer.release()
         flip = videotransforms.Compose([videotransforms.RandomCrop(224), videotransforms.horizontal_flip("rgb")])
-        sets = {n: VideoClips(LabelledVideos("list", [Sample("v", str(root / p), (0,))] * 8, ["a"]), "rgb", flip,
-                              clip_frames=clip) for n, p in ((jpeg, "v"), (jpeg.replace("JPEG folder", ".mp4 seek"), "v.mp4"))}
-        times.update(time_round_robin({n: (lambda d=d: [d[i] for i in range(8)]) for n, d in sets.items()}, repeat))
-    return [{"section": "loading", "row": n, "unit": "clips/s", "value": (8 if n in sets else 1) / t, "baseline_row":
-             jpeg if n in sets else base, "baseline_value": 8 / times[jpeg] if n in sets else 1 / times[base]}
-            for n, t in times.items()]
+        clips = {}
+        for name, source in ((jpeg, "v"), (jpeg.replace("JPEG folder", ".mp4 seek"), "v.mp4")):
+            videos = LabelledVideos("list", [Sample("v", str(root / source), (0,))] * 8, ["a"])
+            data = VideoClips(videos, "rgb", flip, clip_frames=clip)
+            clips[name] = lambda data=data: [data[i] for i in range(8)]
+        rows += _rows("loading", time_round_robin(clips, repeat), jpeg, 8)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

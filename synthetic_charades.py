@@ -135,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def make_jpeg_video(root: Path, vid: str, n: int, h: int = 256, w: int = 340) -> None:
+    """Charades-layout JPEGs root/VID/VID-000001.jpg...: moving gradients plus noise."""
+    rng, (yy, xx) = np.random.default_rng(0), np.mgrid[0:h, 0:w]
+    (root / vid).mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
+
+
 def calibrated_random_i3d(seed: int = 0, num_classes: int = 157, in_channels: int = 3,
                           final_endpoint: str = "Logits") -> torch.nn.Module:
     """A randomly initialised I3D whose batch-norm statistics are set from one random batch, so
