@@ -51,8 +51,9 @@ Output: one line of the two mAPs (or --json: {"classification_map", "localizatio
 PREFIX_classify.txt and PREFIX_localize.txt. A video that cannot be read is skipped, named at
 the end, and the exit status is 1.
 
-The library parts live in charades_metrics.py (mean_average_precision, average_precision,
-upsample_logits, video_frame_probs, evaluate; training's validation uses them) and streaming.py.
+The library parts live in charades_eval.py (video_frame_probs, evaluate; training's validation
+uses them), charades_metrics.py (ground truth, upsample_logits), metrics.py (AP, mAP, accuracy)
+and streaming.py.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ import numpy as np
 import atomic_io
 import video_eval
 import weights
-from charades_metrics import LOCALIZE_POINTS, evaluate
+from charades_metrics import LOCALIZE_POINTS
+from charades_eval import evaluate
 from errors import UserError
 from video_datasets import FORMATS, LabelledVideos, detect_format, read_dataset, read_recipe
 import metrics

@@ -1,8 +1,14 @@
 """Where the work runs: the device (cuda if there is one, else the CPU) and the distributed
-environment that torchrun sets. Library code and jobs alike use these; neither parses flags."""
+environment that torchrun sets, and the lifetime of worker processes (they end with the job
+that started them). Library code and jobs alike use these; neither parses flags."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from errors import UserError
@@ -47,3 +53,38 @@ def dist_env() -> tuple[int, int, int]:
     if local < 0:
         raise UserError(f"environment variable LOCAL_RANK={local}: must be 0 or more")
     return rank, world, local
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 0.5) -> None:
+    """Make this (worker) process end when the process that started it ends, however that
+    ended (SIGKILL and the OOM killer included): on Linux the kernel sends `sig` at the
+    parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread checks every `poll_s`
+    seconds whether the parent is gone and ends the process. Call it first thing in a worker
+    (a pool initializer, a DataLoader worker_init_fn, a torchrun rank's main)."""
+    parent = os.getppid()
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent or parent == 1:  # the parent died before the request took hold
+        os._exit(128 + int(sig))
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(poll_s)
+            os._exit(128 + int(sig))
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_init(_worker_id: int | None = None) -> None:
+    """A worker_init_fn / pool initializer: end with the parent, and leave stop signals to
+    the parent (it stops the workers itself; a worker prints no traceback on Ctrl-C)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

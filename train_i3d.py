@@ -64,7 +64,7 @@ from runtime import dist_env, select_device
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
                  positive_float, positive_int, run_main, start)
 import video_eval
-from charades_metrics import evaluate
+from charades_eval import evaluate
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock
 from train_state import (amp_dtype, autocast_for, charades_losses, check_amp,  # noqa: F401
                          EpochSampler, StopFlag, append_log_row, dropout_seed, first_non_finite, load_checkpoint,  # noqa: F401

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,13 +23,38 @@ from tqdm import tqdm
 
 import frame_io
 import metrics
+import weights
 from video_sources import VideoSource, open_video
-from charades_metrics import padded_frames, prepare_model
 from errors import FrameError, UserError
-from streaming import stream_logits
+from frame_io import MODE_CHANNELS
+from streaming import inference_model, stream_logits
 from video_datasets import LabelledVideos, Sample, flow_path, frame_count, load_clip
 
 log = logging.getLogger(__name__)
+
+
+def padded_frames(frames_fn: Callable[[], Iterator[np.ndarray]], total: int) -> Callable[[], Iterator[np.ndarray]]:
+    """The stream, then its last frame repeated up to `total` frames."""
+    def frames() -> Iterator[np.ndarray]:
+        count, last = 0, None
+        for last in frames_fn():
+            count += 1
+            yield last
+        if last is not None:
+            for _ in range(total - count):
+                yield last
+    return frames
+
+
+def prepare_model(model: torch.nn.Module | str | Path, mode: str, device: torch.device,
+             precision: str) -> torch.nn.Module:
+    if isinstance(model, (str, Path)):
+        model = weights.load_model(weights.resolve_weights(model), mode=mode, device=device)
+    fast = inference_model(model, device, precision)
+    if fast.in_channels != MODE_CHANNELS[mode]:
+        raise UserError(f"a {fast.in_channels}-channel model cannot evaluate {mode} frames "
+                        f"({MODE_CHANNELS[mode]} channels)")
+    return fast
 
 
 def _to_probs(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:

@@ -18,6 +18,7 @@ import synthetic_charades
 from charades_dataset import VideoAnnotation, read_annotations
 from video_sources import VideoSource, open_video
 from synthetic_charades import calibrated_random_i3d
+import charades_eval
 import charades_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +127,7 @@ def test_video_frame_probs_equal_the_whole_video_forward(syn, rgb_model):
         logits = rgb_model(x)[0]  # (C, T')
     expected = torch.sigmoid(torch.nn.functional.interpolate(logits[None], size=len(frames), mode="linear",
                                                              align_corners=False))[0].numpy()
-    got = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", len(frames), "rgb", None, CROP, "cpu")
+    got = charades_eval.video_frame_probs(rgb_model, root, "SYN0000", len(frames), "rgb", None, CROP, "cpu")
     assert got.shape == (CLASSES, len(frames)) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.ptp(got) > 1e-3  # not a constant: the check above has teeth
@@ -146,11 +147,11 @@ def test_short_video_is_padded_to_clip_frames_as_in_training(syn, rgb_model):
         logits = rgb_model(x)[0]
     expected = torch.sigmoid(torch.nn.functional.interpolate(logits[None], size=padded, mode="linear",
                                                              align_corners=False))[0, :, :n].numpy()
-    got = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu",
+    got = charades_eval.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu",
                                              min_frames=padded)
     assert got.shape == (CLASSES, n)
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    unpadded = charades_metrics.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu")
+    unpadded = charades_eval.video_frame_probs(rgb_model, root, "SYN0000", n, "rgb", None, CROP, "cpu")
     assert np.abs(got - unpadded).max() > 1e-4  # the padding is really there
     args = eval_i3d.parse_args(["-root", "r", "-split", "s", "-load_model", "m"])
     assert (args.clip_frames, args.crop, args.resize) == (64, 224, None)  # train_i3d.py's defaults
@@ -162,7 +163,7 @@ def test_evaluate_one_stream(syn, rgb_model):
     split = syn / "charades.json"
     rgb_model.train()  # as the training loop hands it over
     before = {k: v.clone() for k, v in rgb_model.state_dict().items()}
-    r = charades_metrics.evaluate(rgb_model, split, syn / "rgb", "rgb", crop=CROP, details=True, progress=False)
+    r = charades_eval.evaluate(rgb_model, split, syn / "rgb", "rgb", crop=CROP, details=True, progress=False)
     assert rgb_model.training  # left in train mode, and unchanged
     assert all(torch.equal(before[k], v) for k, v in rgb_model.state_dict().items())
     ann = read_annotations(split)
@@ -172,7 +173,7 @@ def test_evaluate_one_stream(syn, rgb_model):
     # The scores are the max over frames / the 25 sampled frames of video_frame_probs.
     for i, vid in enumerate(test_vids):
         n = len(_frames(syn / "rgb", vid, "rgb"))
-        probs = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu",
+        probs = charades_eval.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu",
                                                    min_frames=64)  # clip_frames' default, as training's
         np.testing.assert_allclose(r["video_scores"][i], probs.max(axis=1), atol=1e-6)
         frames, labels = charades_metrics.localize_points(ann[vid], n, CLASSES)
@@ -200,8 +201,8 @@ def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
             out[c, (s <= t) & (t <= e)] = 1.0
         return out
 
-    monkeypatch.setattr(charades_metrics, "video_frame_probs", oracle)
-    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, progress=False)
+    monkeypatch.setattr(charades_eval, "video_frame_probs", oracle)
+    r = charades_eval.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, progress=False)
     assert r["classification_map"] == 1.0
     assert 0.95 <= r["localization_map"] <= 1.0
 
@@ -209,28 +210,28 @@ def test_evaluate_an_oracle_scores_perfectly(syn, rgb_model, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["prob", "logit"])
 def test_evaluate_two_streams(syn, rgb_model, flow_model, fusion):
-    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
+    r = charades_eval.evaluate(rgb_model, syn / "charades.json", syn / "rgb", "rgb", flow_model=flow_model,
                           flow_root=syn / "flow", fusion=fusion, crop=CROP, details=True, progress=False)
     assert r["videos"] == 3 and r["failed"] == []
     vid = r["vids"][0]
     n = len(_frames(syn / "rgb", vid, "rgb"))
-    lr = charades_metrics.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True,
+    lr = charades_eval.video_frame_probs(rgb_model, syn / "rgb", vid, n, "rgb", None, CROP, "cpu", return_logits=True,
                                             min_frames=64)
-    lf = charades_metrics.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True,
+    lf = charades_eval.video_frame_probs(flow_model, syn / "flow", vid, n, "flow", None, CROP, "cpu", return_logits=True,
                                             min_frames=64)
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     fused = (sig(lr) + sig(lf)) / 2 if fusion == "prob" else sig((lr + lf) / 2)
     np.testing.assert_allclose(r["video_scores"][0], fused.max(axis=1), atol=1e-6)
-    one = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, details=True, progress=False)
+    one = charades_eval.evaluate(rgb_model, syn / "charades.json", syn / "rgb", crop=CROP, details=True, progress=False)
     assert not np.allclose(one["video_scores"], r["video_scores"])  # the flow stream counts
 
 
 @pytest.mark.slow
 def test_evaluate_refuses_wrong_stream_and_classes(syn, rgb_model, flow_model):
-    with pytest.raises(charades_metrics.UserError, match="channel"):
-        charades_metrics.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
-    with pytest.raises(charades_metrics.UserError, match="class 2"):
-        charades_metrics.evaluate(calibrated_random_i3d(num_classes=2), syn / "charades.json", syn / "rgb",
+    with pytest.raises(charades_eval.UserError, match="channel"):
+        charades_eval.evaluate(flow_model, syn / "charades.json", syn / "rgb", "rgb", crop=CROP, progress=False)
+    with pytest.raises(charades_eval.UserError, match="class 2"):
+        charades_eval.evaluate(calibrated_random_i3d(num_classes=2), syn / "charades.json", syn / "rgb",
                           crop=CROP, progress=False)
 
 
@@ -239,7 +240,7 @@ def test_unreadable_video_is_skipped_and_reported(syn, rgb_model, weight_files, 
     root = tmp_path / "rgb"
     shutil.copytree(syn / "rgb", root)
     (root / "SYN0001" / "SYN0001-000003.jpg").write_bytes(b"not a jpeg")
-    r = charades_metrics.evaluate(rgb_model, syn / "charades.json", root, crop=CROP, progress=False)
+    r = charades_eval.evaluate(rgb_model, syn / "charades.json", root, crop=CROP, progress=False)
     assert r["videos"] == 2 and [v for v, _ in r["failed"]] == ["SYN0001"]
     assert "SYN0001-000003.jpg" in r["failed"][0][1]
     p = _cli("-mode", "rgb", "-root", root, "--split", syn / "charades.json", "-load_model", weight_files["rgb"],
@@ -266,7 +267,7 @@ def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_
              "--crop", CROP, "--json", "-q")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    expected = charades_metrics.evaluate(rgb_model, syn / "Charades_v1_test.csv", syn / "rgb", flow_model=flow_model,
+    expected = charades_eval.evaluate(rgb_model, syn / "Charades_v1_test.csv", syn / "rgb", flow_model=flow_model,
                                  flow_root=syn / "flow", crop=CROP, progress=False)
     assert out["videos"] == 3
     for key in ("classification_map", "localization_map"):
@@ -282,8 +283,8 @@ def test_cli_json_two_streams_and_submission(syn, rgb_model, flow_model, weight_
     assert "classification mAP" in capsys.readouterr().out
     kw = dict(flow_model=flow_model, flow_root=syn / "flow", subset="training", crop=CROP, details=True,
               progress=False)
-    want = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="logit", **kw)
-    prob = charades_metrics.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="prob", **kw)
+    want = charades_eval.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="logit", **kw)
+    prob = charades_eval.evaluate(rgb_model, syn / "charades.json", syn / "rgb", fusion="prob", **kw)
     ann = read_annotations(syn / "charades.json")
     assert want["vids"] == sorted(v for v, a in ann.items() if a.subset == "training")
     assert np.abs(want["video_scores"] - prob["video_scores"]).max() > 1e-3  # the fusion rule shows

@@ -20,6 +20,7 @@ import synthetic_charades
 import train_i3d
 import weights
 from pytorch_i3d import InceptionI3d
+import charades_eval
 import charades_metrics
 import benchmark
 
@@ -310,7 +311,7 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
     root = tmp_path / "syn" / "rgb"
     torch.manual_seed(0)  # as train() does with --seed 0: the very model training starts from
     before_model = train_i3d.build_model(str(rgb_scratch_weights), "rgb", 4)
-    before = charades_metrics.evaluate(before_model, split, root, "rgb", resize=112, crop=112, clip_frames=16,
+    before = charades_eval.evaluate(before_model, split, root, "rgb", resize=112, crop=112, clip_frames=16,
                                        progress=False)
     args = train_i3d.parse_args([
         "-root", str(root), "--split", str(split), "-save_model", str(tmp_path / "run" / "m_"),
@@ -318,7 +319,7 @@ def test_fine_tuning_real_weights_lifts_map_far_above_chance(rgb_scratch_weights
         "--resize", "112", "--batch-size", "4", "--accum", "1", "--lr", str(LEARN_LR), "--freeze-bn",
         "--max-steps", str(LEARN_STEPS), "--eval-every", str(LEARN_STEPS)])
     result = train_i3d.train(args)
-    after = charades_metrics.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
+    after = charades_eval.evaluate(weights.load_model(result["model"], mode="rgb"), split, root, "rgb", resize=112,
                                       crop=112, clip_frames=16, progress=False)  # the flags it was trained with
     chance = after["classification_chance"]
     print(f"mAP before {before['classification_map']:.3f}, after {after['classification_map']:.3f}, "
