@@ -145,6 +145,20 @@ def make_jpeg_video(root: Path, vid: str, n: int, h: int = 256, w: int = 340) ->
         frame_io.write_image(frame_io.charades_frame_path(root, vid, i), img)
 
 
+def make_video_file(path: str | Path, n: int, h: int = 256, w: int = 340, seed: int = 0, fps: float = 25.0) -> Path:
+    """An mp4 (mp4v) of n frames h x w: a smooth random texture sliding 2 px right and 1 px down
+    per frame (real motion for TV-L1, content for the network). Raises OSError if not written."""
+    path, rng = Path(path), np.random.default_rng(seed)
+    tex = cv2.cvtColor(smooth_texture(h, w, rng), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(n):
+        writer.write(np.roll(tex, (i, 2 * i), axis=(0, 1)))
+    writer.release()
+    if not path.is_file() or path.stat().st_size == 0:
+        raise OSError(f"{path}: OpenCV wrote no video")
+    return path
+
+
 def calibrated_random_i3d(seed: int = 0, num_classes: int = 157, in_channels: int = 3,
                           final_endpoint: str = "Logits") -> torch.nn.Module:
     """A randomly initialised I3D whose batch-norm statistics are set from one random batch, so
