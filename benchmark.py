@@ -463,11 +463,11 @@ def benchmark_twostream(args: argparse.Namespace | None = None) -> list[dict]:
 
 
 def soak_rss(samples: list[tuple[float, int]]) -> tuple[float, float]:
-    """(after warm-up, at the end) MiB: the largest sampled RSS while 5-10 % of the work was done, and
-    from 95 % done to the exit (else the first sample past 5 % / the last)."""
+    """(after warm-up, at the end) MiB: the largest sampled RSS while 5-10 % and while the last 5 % of
+    the work was done (not after it: the exit); else the first sample past 5 %, the last one before 100 %."""
     live = [(f, r / 2**20) for f, r in samples if r]
     warm = [r for f, r in live if 0.05 <= f <= 0.10] or [r for f, r in live if f >= 0.05][:1]
-    end = [r for f, r in live if f >= 0.95] or [r for f, r in live][-1:]
+    end = [r for f, r in live if 0.95 <= f < 1] or [r for f, r in live if f < 1][-1:] or [r for _, r in live][-1:]
     if not warm:
         raise RuntimeError("soak: no resident-memory sample after warm-up")
     return max(warm), max(end)
