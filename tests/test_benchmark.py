@@ -30,10 +30,13 @@ def test_soak_flags():
 
 @pytest.mark.slow
 def test_soak_rows_small(capsys):
-    """Every soak row, small, as whole processes: both RSS figures, and the end within half of what
-    keeping one item's decoded frames (16 frames of 96x128 uint8, 0.56 MiB: a video, or a chunk
-    of the long video) for each item done between the two windows (~85 % of them) would add."""
-    h, w, n = 96, 128, {"20 videos": 20, "one video of 400 frames": 400 // 16, "FVD of 64 clips": 64}
+    """Every soak row, small, as whole processes: both RSS figures; for the many-item rows the end
+    under the warm-up RSS plus half of what keeping each item's decoded frames (16 x 96 x 128 x 3
+    bytes, 0.56 MiB) for the items done between the two windows (~85 %) would add (that is what
+    extract_features.py keeping every video's chunks adds: 887 -> 895 MiB, seen). The 400-frame
+    video grows ~18 MiB over its first chunks whatever its frame size, more than keeping all its
+    frames would add, so that row is held to the issue's 5 % only."""
+    h, w, n = 96, 128, {"20 videos": 20, "FVD of 64 clips": 64}
     code = benchmark.main(["--only", "soak", "--soak-videos", "20", "--soak-frames", "400", "--soak-flow-videos", "20",
                            "--soak-clips", "64", "--soak-size", f"{h}x{w}", "--random-weights", "--json", "-q"])
     assert code == 0
@@ -41,8 +44,8 @@ def test_soak_rows_small(capsys):
     assert [r["row"].split(",")[0] for r in rows] == ["extract_features.py", "extract_features.py", "dense_flow.py",
                                                      "fvd.py"]
     for r in rows:
-        items = next((k for key, k in n.items() if key in r["row"]), 20)
-        leak = 0.85 * items * 16 * h * w * 3 / MIB
+        items = next((k for key, k in n.items() if key in r["row"]), None)
+        bound = 0.5 * 0.85 * items * 16 * h * w * 3 / MIB if items else 0.05 * r["rss_warm_mib"]
         assert r["section"] == "soak" and r["value"] > 0 and 200 < r["rss_warm_mib"] < 8000, r
-        assert r["rss_end_mib"] - r["rss_warm_mib"] < leak / 2, (r, leak)
+        assert r["rss_end_mib"] - r["rss_warm_mib"] < bound, (r, bound)
         assert f"RSS {r['rss_warm_mib']:.0f} MiB after warm-up, {r['rss_end_mib']:.0f} at the end" in r["note"]
