@@ -496,3 +496,40 @@ def test_fine_tuning_rgb_scratch_on_a_synthetic_ucf101(rgb_scratch_weights, tmp_
     print(f"trained {UCF_STEPS} steps in {trained:.0f} s; top-1 whole video {results['0']['top1']:.3f}, "
           f"3 views {results['3']['top1']:.3f}")
     assert results["3"]["top1"] >= 0.9
+
+
+@pytest.mark.slow
+def test_exact_resume_on_mp4_videos_with_workers(tmp_path):
+    """A class-folder dataset of .mp4 files read by 2 DataLoader workers: 5 steps in one go
+    against 3 steps (the process ends at --max-steps, mid-epoch), then --resume to 5 (across
+    the epoch's end): the final weights, batch-norm statistics and optimizer state (momentum
+    buffers) are torch.equal. Random crops and flips, clip starts and the data order all come
+    from (seed, epoch, index), whichever worker decodes the clip."""
+    videos = tmp_path / "videos"
+    rng = np.random.default_rng(7)
+    for c, name in enumerate(synthetic_ucf101.CLASS_NAMES[:3]):
+        for g in range(3):
+            frames = synthetic_ucf101.render(rng, c, 3, 14, 36)
+            synthetic_ucf101.write_video(videos / name / f"{name}_{g}.mp4", frames)
+    # 9 clips, batches of 2 (drop_last): 4 batches an epoch; step 3 stops inside epoch 0
+    common = ["-root", str(videos), "--init", "none", "--clip-frames", "8", "--frame-stride", "1", "--crop", "32",
+              "--resize", "36", "--batch-size", "2", "--accum", "1", "--lr", "0.05", "--milestones", "4",
+              "--workers", "2", "--seed", "5", "--save-every", "100"]
+    r = run_script([*common, "-save_model", str(tmp_path / "whole_"), "--max-steps", "5"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script([*common, "-save_model", str(tmp_path / "part_"), "--max-steps", "3"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    stopped = torch.load(tmp_path / "part_last.ckpt", weights_only=True)
+    assert (stopped["step"], stopped["epoch"], stopped["batches"]) == (3, 0, 3)
+    r = run_script([*common, "-save_model", str(tmp_path / "part_"), "--max-steps", "5", "--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(tmp_path / "whole_last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "part_last.ckpt", weights_only=True)
+    assert (a["step"], a["epoch"], a["batches"]) == (b["step"], b["epoch"], b["batches"]) == (5, 1, 1)
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert len(sa) == len(sb) == len(a["optimizer"]["param_groups"][0]["params"]) > 0
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    assert a["scheduler"] == b["scheduler"]
+    assert [float(r_["loss"]) for r_ in read_csv(tmp_path / "whole_log.csv")] == [
+        float(r_["loss"]) for r_ in read_csv(tmp_path / "part_log.csv")]
