@@ -1,6 +1,6 @@
 """A synthetic UCF101: motion classes as video files in UCF101's layout, with its split files.
 
-    python tests/synthetic_ucf101.py OUT [--per-class 10] [--classes 4] [--frames 16] [--size 112]
+    python tests/synthetic_ucf101.py OUT [--per-class 10] [--classes 4] [--frames 16] [--size 112] [--test-groups 3]
 
 Each video is a textured scene filmed by a camera whose motion is its class (Still, Pan,
 Shake, Zoom: see camera_motion; textures, directions and senses random), so motion is the
@@ -109,6 +109,7 @@ if __name__ == "__main__":
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=112)
+    p.add_argument("--test-groups", type=int, default=3, help="groups 1..N form testlist01")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    print(write_dataset(a.out, a.per_class, a.classes, a.frames, a.size, seed=a.seed))
+    print(write_dataset(a.out, a.per_class, a.classes, a.frames, a.size, a.test_groups, seed=a.seed))
