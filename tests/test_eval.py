@@ -437,9 +437,9 @@ def test_kinetics_csv_with_the_published_rgb_scratch(rgb_scratch_weights, sample
     rows, ranked = [], {}
     for video, yt, rank in ((sample_videos[1], "bunny_0000A", 0), (sample_videos[0], "bikes-00-0B", 2)):
         name = f"{yt}_000010_000020.mp4"
-        frames = [cv2.resize(f, (340, 256), interpolation=cv2.INTER_AREA)
+        frames = [cv2.resize(f, (426, 320), interpolation=cv2.INTER_AREA)
                   for f, _ in zip(frame_io.iter_frames(video), range(64))]
-        synthetic_ucf101.write_video(tmp_path / name, np.stack(frames))  # 340x256, as Kinetics downloads
+        synthetic_ucf101.write_video(tmp_path / name, np.stack(frames))  # 320 high: resized to 256 by the record
         logits = predict.video_logits(model, lambda: predict.rgb_clips(tmp_path / name, 256, 224), 64,
                                       torch.device("cpu"))
         probs = torch.softmax(logits.float(), 0).numpy()
