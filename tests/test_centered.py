@@ -72,8 +72,13 @@ def test_centered_needs_step_1(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_centered_cli_both_streams_concat_fps_h5(tmp_path):
+def test_centered_cli_both_streams_concat_fps_h5(tmp_path, monkeypatch):
     import h5py
+    import tvl1
+    # What is tested is the windows, --concat, --fps and HDF5, not TV-L1: the flow runs on the
+    # 32 px frames themselves (--flow-resize 0, not upscaled to 256) and eager (compiling it takes
+    # longer than this whole test otherwise; the forked loader workers inherit the patch).
+    monkeypatch.setattr(tvl1, "compile_available", lambda device: False)
     weights = {}
     for mode, ch in (("rgb", 3), ("flow", 2)):
         weights[mode] = tmp_path / f"{mode}.pt"
@@ -88,7 +93,7 @@ def test_centered_cli_both_streams_concat_fps_h5(tmp_path):
     writer.release()
     common = ["-mode", "both", "-load_model", weights["rgb"], "--flow-model", weights["flow"], "--input", video,
               "--resize", "0", "--crop", "32", "--workers", "1", "-q", "--stack", "5", "--step", "1", "--centered",
-              "--fps", "12.5", "--concat"]
+              "--fps", "12.5", "--concat", "--flow-resize", "0"]
     assert ef.main([str(a) for a in [*common, "-save_dir", tmp_path / "npy"]]) == 0
     rgb, flow = np.load(tmp_path / "npy" / "rgb" / "clip.npy"), np.load(tmp_path / "npy" / "flow" / "clip.npy")
     concat = np.load(tmp_path / "npy" / "concat" / "clip.npy")

@@ -17,8 +17,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
+    """predict.py as a process: for what only a process shows (exit status, no traceback)."""
     return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], capture_output=True, text=True,
                           cwd=ROOT)
+
+
+def predict_main(capsys, *args: str) -> str:
+    """predict.main in this process (no interpreter start, no second load of torch): its stdout."""
+    capsys.readouterr()
+    assert predict.main(list(args)) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def scratch_model(rgb_scratch_weights) -> InceptionI3d:
+    """The plain rgb_scratch model, loaded once (for_inference copies it, leaving it alone)."""
+    return weights.load_model(rgb_scratch_weights, mode="rgb")
+
+
+@pytest.fixture(scope="module")
+def bunny_logits(scratch_model, sample_videos) -> torch.Tensor:
+    """The fp32 streamed logits of Big Buck Bunny at 128 / 112 (test_streamed_logits_equal_whole_video
+    checks this computation against the whole-video forward): the reference of the CLI tests."""
+    return predict.video_logits(scratch_model.for_inference("fp32"), lambda: predict.rgb_clips(sample_videos[1], 128, 112),
+                                None, torch.device("cpu"))
 
 
 def whole_video_logits(model: InceptionI3d, frames: np.ndarray) -> torch.Tensor:
@@ -34,10 +56,10 @@ def test_labels():
     assert predict.load_labels(157)[3] == "class 3"
 
 
-def test_streamed_logits_equal_whole_video(rgb_scratch_weights, sample_videos):
+def test_streamed_logits_equal_whole_video(scratch_model, sample_videos, bunny_logits):
     """Windowed streaming gives the whole-video logits (fp32)."""
     bunny = sample_videos[1]
-    model = weights.load_model(rgb_scratch_weights, mode="rgb")
+    model = scratch_model
     frames = np.stack(list(predict.rgb_clips(bunny, 128, 112)))
     ref = whole_video_logits(model, frames)
     cpu = torch.device("cpu")
@@ -47,12 +69,14 @@ def test_streamed_logits_equal_whole_video(rgb_scratch_weights, sample_videos):
     # A wrong length guess is corrected by reading the stream again.
     assert torch.allclose(predict.video_logits(model.for_inference("fp32"), source, len(frames) + 3, cpu),
                           ref, rtol=1e-4, atol=1e-4)
+    # and without a length (the CLI's case for folders): the reference the CLI tests below use
+    assert torch.allclose(bunny_logits, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.bf16
-def test_streamed_logits_bf16_keep_the_top_class(rgb_scratch_weights, sample_videos):
+def test_streamed_logits_bf16_keep_the_top_class(scratch_model, sample_videos):
     bunny = sample_videos[1]
-    model = weights.load_model(rgb_scratch_weights, mode="rgb")
+    model = scratch_model
     frames = np.stack(list(predict.rgb_clips(bunny, 128, 112)))
     ref = whole_video_logits(model, frames)
     source = lambda: predict.rgb_clips(bunny, 128, 112)  # noqa: E731
@@ -61,17 +85,16 @@ def test_streamed_logits_bf16_keep_the_top_class(rgb_scratch_weights, sample_vid
     assert torch.nn.functional.cosine_similarity(bf16, ref, dim=0) > 0.999
 
 
-def test_predict_real_videos_json(rgb_scratch_weights, sample_videos, tmp_path):
+def test_predict_real_videos_json(rgb_scratch_weights, sample_videos, tmp_path, capsys):
     """Both sample videos end to end; a frame folder gives the same answer as its video."""
     bunny = sample_videos[1]
     folder = tmp_path / "bunny_frames"
     folder.mkdir()
     for i, frame in enumerate(frame_io.iter_frames(bunny)):
         frame_io.write_image(folder / f"{i:05d}.png", frame)  # lossless, so identical pixels
-    r = run_predict(str(sample_videos[0]), str(bunny), str(folder), "--weights", str(rgb_scratch_weights),
-                    "--json", "--top", "3", "--precision", "fp32", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = json.loads(predict_main(capsys, str(sample_videos[0]), str(bunny), str(folder), "--weights",
+                                  str(rgb_scratch_weights), "--json", "--top", "3", "--precision", "fp32",
+                                  "--device", "cpu"))
     assert [o["input"] for o in out] == [str(sample_videos[0]), str(bunny), str(folder)]
     for o in out:
         assert len(o["top"]) == 3
@@ -85,17 +108,14 @@ def test_predict_real_videos_json(rgb_scratch_weights, sample_videos, tmp_path):
     assert abs(out[2]["top"][0]["logit"] - out[1]["top"][0]["logit"]) < 1e-3
 
 
-def test_predict_text_output(rgb_scratch_weights, sample_videos):
+def test_predict_text_output(rgb_scratch_weights, sample_videos, bunny_logits, capsys):
     """The text form prints the input, the logits' norm and the top classes with their
     probabilities and logits: the values of the fp32 streamed logits, to the printed digits."""
     bunny = sample_videos[1]
-    r = run_predict(str(bunny), "--weights", str(rgb_scratch_weights), "--resize", "128", "--crop", "112",
-                    "--top", "2", "--precision", "fp32")
-    assert r.returncode == 0, r.stderr
-    logits = predict.video_logits(weights.load_model(rgb_scratch_weights).for_inference("fp32"),
-                                  lambda: predict.rgb_clips(bunny, 128, 112), None, torch.device("cpu"))
-    want = predict.top_k(logits, predict.load_labels(400), 2)
-    lines = r.stdout.splitlines()
+    out = predict_main(capsys, str(bunny), "--weights", str(rgb_scratch_weights), "--resize", "128", "--crop", "112",
+                       "--top", "2", "--precision", "fp32")
+    want = predict.top_k(bunny_logits, predict.load_labels(400), 2)
+    lines = out.splitlines()
     assert lines[:3] == [str(bunny), f"Norm of logits: {want['logits_norm']:f}", "Top classes and probabilities"]
     assert len(lines) == 5
     for line, t in zip(lines[3:], want["top"]):
@@ -104,7 +124,7 @@ def test_predict_text_output(rgb_scratch_weights, sample_videos):
         assert float(prob) == pytest.approx(t["prob"], rel=1e-5) and float(logit) == pytest.approx(t["logit"], abs=0.01)
 
 
-def test_two_stream_adds_flow_logits(rgb_scratch_weights, sample_videos, tmp_path, random_i3d):
+def test_two_stream_adds_flow_logits(rgb_scratch_weights, sample_videos, tmp_path, random_i3d, bunny_logits, capsys):
     """Two-stream = RGB logits + flow logits, with flow read from x/y JPEG folders (fp32: the
     streamed logits equal the whole-video ones to 1e-4 of their scale, as the README states)."""
     flow_model = random_i3d(num_classes=400, in_channels=2)
@@ -116,14 +136,12 @@ def test_two_stream_adds_flow_logits(rgb_scratch_weights, sample_videos, tmp_pat
     for i in range(1, 17):
         for axis in "xy":
             frame_io.write_image(flow_dir / f"clip-{i:06d}{axis}.jpg", rng.integers(100, 156, (128, 160), np.uint8))
-    r = run_predict(str(sample_videos[1]), "--weights", str(rgb_scratch_weights), "--flow-weights", str(flow_path),
-                    "--flow-input", str(flow_dir), "--resize", "128", "--crop", "112", "--json",
-                    "--precision", "fp32", "--top", "400")
-    assert r.returncode == 0, r.stderr
-    got = {t["index"]: t["logit"] for t in json.loads(r.stdout)[0]["top"]}
+    out = predict_main(capsys, str(sample_videos[1]), "--weights", str(rgb_scratch_weights), "--flow-weights",
+                       str(flow_path), "--flow-input", str(flow_dir), "--resize", "128", "--crop", "112", "--json",
+                       "--precision", "fp32", "--top", "400")
+    got = {t["index"]: t["logit"] for t in json.loads(out)[0]["top"]}
     got = np.array([got[i] for i in range(400)])
-    rgb = predict.video_logits(weights.load_model(rgb_scratch_weights).for_inference("fp32"),
-                               lambda: predict.rgb_clips(sample_videos[1], 128, 112), None, torch.device("cpu"))
+    rgb = bunny_logits
     flow_frames = np.stack(list(predict.flow_frames(flow_dir, 128, 112)))
     flow = whole_video_logits(flow_model, flow_frames).numpy()
     expected = rgb.numpy() + flow
@@ -170,7 +188,7 @@ def test_bad_input_one_line(case, rgb_scratch_weights, tmp_path):
     assert sorted(tmp_path.iterdir()) == before  # nothing left behind
 
 
-def test_two_stream_computes_flow_when_not_given(rgb_scratch_weights, sample_videos, tmp_path, random_i3d):
+def test_two_stream_computes_flow_when_not_given(rgb_scratch_weights, sample_videos, tmp_path, random_i3d, capsys):
     """Without --flow-input, predict.py computes TV-L1 flow on the fly; the README promises the
     same flow frames as dense_flow.py's JPEGs read back, so the same logits."""
     import dense_flow
@@ -184,10 +202,10 @@ def test_two_stream_computes_flow_when_not_given(rgb_scratch_weights, sample_vid
     rgb_only = ["--weights", str(rgb_scratch_weights), "--resize", "128", "--crop", "112", "--json",
                 "--precision", "fp32", "--top", "400"]
     common = [*rgb_only, "--flow-weights", str(tmp_path / "flow.pt")]
-    runs = [run_predict(str(clip), *args) for args in
+    # in this process, as the solver dense_flow.main just compiled here (predict.py compiles it the same way)
+    runs = [predict_main(capsys, str(clip), *args) for args in
             (common, [*common, "--flow-input", str(tmp_path / "flow" / "clip")], rgb_only)]
-    assert all(r.returncode == 0 for r in runs), "".join(r.stderr for r in runs)
-    computed, given, rgb = ({t["index"]: t["logit"] for t in json.loads(r.stdout)[0]["top"]} for r in runs)
+    computed, given, rgb = ({t["index"]: t["logit"] for t in json.loads(out)[0]["top"]} for out in runs)
     computed, given, rgb = (np.array([d[i] for i in range(400)]) for d in (computed, given, rgb))
     scale = np.abs(given).max()
     assert np.abs(given - rgb).max() > 0.01 * scale  # the flow stream counts
