@@ -7,6 +7,7 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import functools
 import logging
@@ -268,17 +269,71 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every `finally` (temporaries, locks) runs."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+def _raise_stop(signum, frame) -> None:
+    # one stop is enough: a second Ctrl-C / SIGTERM during the clean-up would print a traceback
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+class _Progress:
+    """What a running job has finished, for the line run_main prints when it is stopped."""
+    done: int | None = None
+    total = 0
+    what = "videos done"
+    resumes = True
+
+
+def progress(done: int, total: int, what: str = "videos done", resumes: bool = True) -> None:
+    """Record what the job has finished so far (`done` of `total` `what`: '3 of 10 videos done')
+    and whether a rerun of the same command resumes from there (False: it starts over); a stop
+    by SIGTERM or Ctrl-C then says it in one line (run_main)."""
+    _Progress.done, _Progress.total, _Progress.what, _Progress.resumes = done, total, what, resumes
+
+
+def stop_message(signame: str) -> str:
+    """The one line of a stopped job: what is done and what a rerun does."""
+    if _Progress.done is None:
+        return f"stopped by {signame} while starting, nothing done; run the same command again"
+    rerun = "run the same command again to resume" if _Progress.resumes else "a rerun starts over"
+    return f"stopped by {signame}: {_Progress.done} of {_Progress.total} {_Progress.what}; {rerun}"
+
+
+def end_workers(timeout: float = 3.0) -> None:
+    """End this process's worker processes now (SIGTERM, then SIGKILL after `timeout` s), so
+    none outlives a stopped job and their temporaries can be removed."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for p in children:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in children:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout)
 
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main(); turn expected failures into one stderr line and an exit status:
     0 done, 1 some items failed (the job returns it), 2 usage or bad input, 3 disk full,
-    130 / 143 stopped by SIGINT / SIGTERM."""
+    130 / 143 stopped by SIGINT / SIGTERM: the job's own `finally` blocks remove its
+    temporaries, its workers are ended, and one line says what is done (progress)."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a job with its own handler keeps it
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    _Progress.done = None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig, handler in previous.items():  # a job with its own handler (training) keeps it
+        if handler in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, _raise_stop)
+    try:
+        _run(prog, main)
+    finally:  # main() is also run in-process (tests)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(prog: str, main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except DiskFullError as e:
@@ -295,10 +350,11 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (UserError, FrameError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except Terminated:
-        print(f"{prog}: terminated", file=sys.stderr)
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:  # Terminated (SIGTERM) too
+        terminated = isinstance(e, Terminated)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        end_workers()
+        print(f"{prog}: {stop_message('SIGTERM' if terminated else 'Ctrl-C')}", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     sys.exit(code or 0)
