@@ -388,7 +388,7 @@ class Extractor:
 
         bar = tqdm(loader, desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
                    unit="video", disable=not self.progress or self.rank != 0)
-        what = f"videos of {'the array' if isinstance(spec, np.ndarray) else spec} read, nothing saved"
+        report_progress(0, len(data), what := f"videos of {Path(str(spec)).name} read", resumes=False)  # if stopped
         for k, (i, name, tensor, err) in enumerate(bar, 1):
             report_progress(k, len(data), what, resumes=False)
             if err is not None:
