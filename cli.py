@@ -304,6 +304,8 @@ def end_workers(timeout: float = 3.0) -> None:
     none outlives a stopped job and their temporaries can be removed."""
     import multiprocessing
 
+    if hasattr(signal, "SIGCHLD"):  # torch's DataLoader handler would raise on a worker ended by a signal
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     children = multiprocessing.active_children()
     for p in children:
         with contextlib.suppress(Exception):
