@@ -7,7 +7,6 @@ traceback."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import functools
 import logging
@@ -299,29 +298,12 @@ def stop_message(signame: str) -> str:
     return f"stopped by {signame}: {_Progress.done} of {_Progress.total} {_Progress.what}; {rerun}"
 
 
-def end_workers(timeout: float = 3.0) -> None:
-    """End this process's worker processes now (SIGTERM, then SIGKILL after `timeout` s), so
-    none outlives a stopped job and their temporaries can be removed."""
-    import multiprocessing
-
-    if hasattr(signal, "SIGCHLD"):  # torch's DataLoader handler would raise on a worker ended by a signal
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    children = multiprocessing.active_children()
-    for p in children:
-        with contextlib.suppress(Exception):
-            p.terminate()
-    for p in children:
-        p.join(timeout)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout)
-
-
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main(); turn expected failures into one stderr line and an exit status:
     0 done, 1 some items failed (the job returns it), 2 usage or bad input, 3 disk full,
-    130 / 143 stopped by SIGINT / SIGTERM: the job's own `finally` blocks remove its
-    temporaries, its workers are ended, and one line says what is done (progress)."""
+    130 / 143 stopped by SIGINT / SIGTERM: the job's own `finally` blocks have removed its
+    temporaries, one line says what is done (progress), and the exit ends the workers
+    (multiprocessing terminates its daemonic children; runtime.worker_init makes that quiet)."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
     _Progress.done = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -356,7 +338,6 @@ def _run(prog: str, main: Callable[[], int | None]) -> None:
         terminated = isinstance(e, Terminated)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-        end_workers()
         print(f"{prog}: {stop_message('SIGTERM' if terminated else 'Ctrl-C')}", file=sys.stderr)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     sys.exit(code or 0)

@@ -206,8 +206,10 @@ def test_dense_flow_stops_cleanly(tmp_path, sig):
 
 @pytest.mark.slow
 def test_dense_flow_workers_end_when_the_job_is_killed(tmp_path):
-    cmd, out, ready = _dense_flow_job(tmp_path, 8)
-    r = stop_job(tmp_path, cmd, ready, signal.SIGKILL)
+    # videos long enough that a worker left alone would still be computing 5 s after the kill
+    cmd, out, _ = _dense_flow_job(tmp_path, 60)
+    r = stop_job(tmp_path, cmd, lambda pid: len(list(out.glob(".v*.tmp"))) >= 2 and len(_descendants(pid)) >= 2,
+                 signal.SIGKILL)
     assert r["rc"] == -signal.SIGKILL and len(r["workers"]) >= 2
     assert not r["left"], f"workers left after the job was killed: {r['left']}"
 
