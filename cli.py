@@ -292,8 +292,8 @@ def progress(done: int, total: int, what: str = "videos done", resumes: bool = T
 
 def stop_message(signame: str) -> str:
     """The one line of a stopped job: what is done and what a rerun does."""
-    if _Progress.done is None:
-        return f"stopped by {signame} while starting, nothing done; run the same command again"
+    if _Progress.done is None:  # stopped before the job reported anything (while starting)
+        return f"stopped by {signame}"
     rerun = "run the same command again to resume" if _Progress.resumes else "a rerun starts over"
     return f"stopped by {signame}: {_Progress.done} of {_Progress.total} {_Progress.what}; {rerun}"
 

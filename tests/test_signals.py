@@ -296,3 +296,20 @@ def test_eval_stops_cleanly(tmp_path, random_i3d_file):
     assert len(stops) == 1 and re.fullmatch(STOP_LINE.format(prog="eval_i3d.py", sig="SIGTERM", what=what,
                                                              rerun=re.escape(START_OVER)), stops[0]), r["err"]
     assert not (tmp_path / "pred.csv").exists() and not _temporaries(tmp_path)
+
+
+def _square(x: int) -> int:
+    time.sleep(0.01)
+    return x * x
+
+
+def test_pool_workers_replaced_by_the_handler_thread_finish_their_work():
+    """PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends. A Pool forks its
+    first workers in the calling thread and replacements (here after every task) in its
+    worker-handler thread, which runs until the pool is closed: every task still completes."""
+    import multiprocessing as mp
+
+    import runtime
+
+    with mp.get_context("fork").Pool(2, initializer=runtime.worker_init, maxtasksperchild=1) as pool:
+        assert pool.map_async(_square, range(6)).get(timeout=60) == [x * x for x in range(6)]
