@@ -268,11 +268,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every `finally` (temporaries, locks) runs."""
 
 
+def _stop_exception(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _raise_stop(signum, frame) -> None:
-    # one stop is enough: a second Ctrl-C / SIGTERM during the clean-up would print a traceback
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    _Progress.stop = signum
+    raise _stop_exception(signum)
 
 
 class _Progress:
@@ -281,6 +283,7 @@ class _Progress:
     total = 0
     what = "videos done"
     resumes = True
+    stop: int | None = None  # the stop signal received
 
 
 def progress(done: int, total: int, what: str = "videos done", resumes: bool = True) -> None:
@@ -288,6 +291,10 @@ def progress(done: int, total: int, what: str = "videos done", resumes: bool = T
     and whether a rerun of the same command resumes from there (False: it starts over); a stop
     by SIGTERM or Ctrl-C then says it in one line (run_main)."""
     _Progress.done, _Progress.total, _Progress.what, _Progress.resumes = done, total, what, resumes
+    if _Progress.stop is not None:
+        # the stop's exception was swallowed: the signal came during an at-fork hook or a __del__,
+        # where Python only prints "Exception ignored" (seen when a DataLoader forks its workers)
+        raise _stop_exception(_Progress.stop)
 
 
 def stop_message(signame: str) -> str:
@@ -305,14 +312,21 @@ def run_main(main: Callable[[], int | None]) -> None:
     temporaries, one line says what is done (progress), and the exit ends the workers
     (multiprocessing terminates its daemonic children; runtime.worker_init makes that quiet)."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
-    _Progress.done = None
+    _Progress.done = _Progress.stop = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig, handler in previous.items():  # a job with its own handler (training) keeps it
         if handler in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(sig, _raise_stop)
+    unraisable = sys.unraisablehook
+
+    def quiet_stop(u) -> None:  # a stop swallowed in a __del__ / at-fork hook: progress() raises it again
+        if not (_Progress.stop is not None and isinstance(u.exc_value, KeyboardInterrupt)):
+            unraisable(u)
+    sys.unraisablehook = quiet_stop
     try:
         _run(prog, main)
     finally:  # main() is also run in-process (tests)
+        sys.unraisablehook = unraisable
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -313,3 +313,34 @@ def test_pool_workers_replaced_by_the_handler_thread_finish_their_work():
 
     with mp.get_context("fork").Pool(2, initializer=runtime.worker_init, maxtasksperchild=1) as pool:
         assert pool.map_async(_square, range(6)).get(timeout=60) == [x * x for x in range(6)]
+
+
+_SWALLOWED = r'''
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import cli
+
+class Dropped:
+    def __del__(self):  # as an at-fork hook: an exception raised in here is only printed, "ignored"
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):
+            pass
+
+def main():
+    cli.progress(0, 3)
+    Dropped()
+    cli.progress(1, 3)
+    return 0
+
+cli.run_main(main)
+'''
+
+
+@pytest.mark.slow
+def test_a_stop_swallowed_by_python_still_stops_the_job():
+    """A signal that lands in a __del__ or an at-fork hook (a DataLoader forking its workers)
+    has its exception swallowed by Python; the job's next progress() stops it, quietly."""
+    r = subprocess.run([PY, "-c", _SWALLOWED.format(root=str(ROOT))], capture_output=True, text=True, env=ENV,
+                       timeout=120)
+    assert r.returncode == 143, r.stderr
+    assert r.stderr == "-c: stopped by SIGTERM: 1 of 3 videos done; run the same command again to resume\n"
