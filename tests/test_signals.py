@@ -298,30 +298,6 @@ def test_eval_stops_cleanly(tmp_path, random_i3d_file):
     assert not (tmp_path / "pred.csv").exists() and not _temporaries(tmp_path)
 
 
-_POOL = r'''
-import multiprocessing as mp, sys, time
-sys.path.insert(0, {root!r})
-import runtime
-
-def square(x):
-    time.sleep(0.01)
-    return x * x
-
-if __name__ == "__main__":
-    with mp.get_context("fork").Pool(2, initializer=runtime.worker_init, maxtasksperchild=1) as pool:
-        print(pool.map_async(square, range(6)).get(timeout=60))
-'''
-
-
-def test_pool_workers_replaced_by_the_handler_thread_finish_their_work():
-    """PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends. A Pool forks its
-    first workers in the calling thread and replacements (here after every task) in its
-    worker-handler thread, which runs until the pool is closed: every task still completes.
-    (In a fresh interpreter: forking pytest's threaded process can deadlock on a held lock.)"""
-    r = subprocess.run([PY, "-c", _POOL.format(root=str(ROOT))], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == str([x * x for x in range(6)]), r.stderr
-
-
 _SWALLOWED = r'''
 import os, signal, sys
 sys.path.insert(0, {root!r})
