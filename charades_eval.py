@@ -140,7 +140,8 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
              flow_root: str | Path | None = None, fusion: str = "prob", resize: int | None = None,
              crop: int = 224, device: torch.device | str | None = None, precision: str = "fp32",
              max_videos: int | None = None, workers: int = 2, details: bool = False,
-             progress: bool = True, clip_frames: int = 64) -> dict:
+             progress: bool = True, clip_frames: int = 64,
+             on_video: Callable[[int, int], None] | None = None) -> dict:
     """Charades classification and localization mAP of a model (or an RGB + flow pair).
 
     model / flow_model: an InceptionI3d (in train mode or not, possibly DDP-wrapped: it is
@@ -154,7 +155,7 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
     "failed": [[vid, message]]}; with details also "vids",
     "video_scores" (N, C), "video_labels" (N, C), "frame_scores" (N*25, C), "frame_labels".
     Chance is the mean over the scored classes of their positive rate (the mAP of random
-    scores, in expectation)."""
+    scores, in expectation). on_video(done, total) is called before each video."""
     _check_request(mode, fusion, flow_model, flow_root)
     device = torch.device(device) if device is not None else _model_device(model)
     streams = _streams(model, mode, root, flow_model, flow_root, device, precision)
@@ -162,7 +163,7 @@ def evaluate(model: torch.nn.Module | str | Path, split: str | Path | Sequence[s
     annotations = read_annotations(split)
     videos = list_videos(annotations, subset, [(m, r) for m, r, _ in streams], num_classes, max_videos)
     acc, failed = _score_videos(videos, streams, annotations, fusion, num_classes, device, resize, crop,
-                                clip_frames, workers, progress)
+                                clip_frames, workers, progress, on_video)
     return _result(acc, failed, num_classes, details)
 
 
@@ -190,14 +191,17 @@ def _streams(model, mode: str, root, flow_model, flow_root, device: torch.device
 
 
 def _score_videos(videos, streams, annotations, fusion: str, num_classes: int, device: torch.device, resize, crop: int,
-                  clip_frames: int, workers: int, progress: bool) -> tuple[tuple[list, ...], list]:
+                  clip_frames: int, workers: int, progress: bool,
+                  on_video: Callable[[int, int], None] | None = None) -> tuple[tuple[list, ...], list]:
     """Every video through every stream (decoding threads ahead); (score lists, failed videos)."""
     acc: tuple[list, ...] = ([], [], [], [], [])
     failed = []
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 0 else None
     t0, frames_done = time.perf_counter(), 0
     try:
-        for vid, counts in tqdm(videos, desc="evaluating", unit="video", disable=not progress):
+        for i, (vid, counts) in enumerate(tqdm(videos, desc="evaluating", unit="video", disable=not progress)):
+            if on_video is not None:
+                on_video(i, len(videos))
             try:
                 outs = [video_frame_probs(m, r, vid, n, mo, resize, crop, device, len(streams) > 1, pool,
                                           min_frames=clip_frames)

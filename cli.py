@@ -268,17 +268,70 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every `finally` (temporaries, locks) runs."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+def _stop_exception(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_stop(signum, frame) -> None:
+    _Progress.stop = signum
+    raise _stop_exception(signum)
+
+
+class _Progress:
+    """What a running job has finished, for the line run_main prints when it is stopped."""
+    done: int | None = None
+    total = 0
+    what = "videos done"
+    resumes = True
+    stop: int | None = None  # the stop signal received
+
+
+def progress(done: int, total: int, what: str = "videos done", resumes: bool = True) -> None:
+    """Record what the job has finished so far (`done` of `total` `what`: '3 of 10 videos done')
+    and whether a rerun of the same command resumes from there (False: it starts over); a stop
+    by SIGTERM or Ctrl-C then says it in one line (run_main)."""
+    _Progress.done, _Progress.total, _Progress.what, _Progress.resumes = done, total, what, resumes
+    if _Progress.stop is not None:
+        # the stop's exception was swallowed: the signal came during an at-fork hook or a __del__,
+        # where Python only prints "Exception ignored" (seen when a DataLoader forks its workers)
+        raise _stop_exception(_Progress.stop)
+
+
+def stop_message(signame: str) -> str:
+    """The one line of a stopped job: what is done and what a rerun does."""
+    if _Progress.done is None:  # stopped before the job reported anything (while starting)
+        return f"stopped by {signame}"
+    rerun = "run the same command again to resume" if _Progress.resumes else "a rerun starts over"
+    return f"stopped by {signame}: {_Progress.done} of {_Progress.total} {_Progress.what}; {rerun}"
 
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main(); turn expected failures into one stderr line and an exit status:
     0 done, 1 some items failed (the job returns it), 2 usage or bad input, 3 disk full,
-    130 / 143 stopped by SIGINT / SIGTERM."""
+    130 / 143 stopped by SIGINT / SIGTERM: the job's own `finally` blocks have removed its
+    temporaries, one line says what is done (progress), and the exit ends the workers
+    (multiprocessing terminates its daemonic children; runtime.worker_init makes that quiet)."""
     prog = os.path.basename(sys.argv[0]) or "i3d"
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a job with its own handler keeps it
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    _Progress.done = _Progress.stop = None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig, handler in previous.items():  # a job with its own handler (training) keeps it
+        if handler in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, _raise_stop)
+    unraisable = sys.unraisablehook
+
+    def quiet_stop(u) -> None:  # a stop swallowed in a __del__ / at-fork hook: progress() raises it again
+        if not (_Progress.stop is not None and isinstance(u.exc_value, KeyboardInterrupt)):
+            unraisable(u)
+    sys.unraisablehook = quiet_stop
+    try:
+        _run(prog, main)
+    finally:  # main() is also run in-process (tests)
+        sys.unraisablehook = unraisable
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(prog: str, main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except DiskFullError as e:
@@ -295,10 +348,10 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (UserError, FrameError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except Terminated:
-        print(f"{prog}: terminated", file=sys.stderr)
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:  # Terminated (SIGTERM) too
+        terminated = isinstance(e, Terminated)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"{prog}: {stop_message('SIGTERM' if terminated else 'Ctrl-C')}", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     sys.exit(code or 0)

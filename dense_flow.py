@@ -35,7 +35,6 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -47,8 +46,8 @@ import torch
 from tqdm import tqdm
 
 from errors import DiskFullError, FrameError, UserError
-from runtime import select_device
-from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, run_main, start
+from runtime import select_device, worker_init
+from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, progress, run_main, start
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
 from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
                       video_info, write_image)
@@ -213,7 +212,10 @@ def _check_writable(out: Path) -> None:
 
 
 def _init_worker(threads: int) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() ends workers quietly (cli.run_main's handler is the parent's)
+    # ends with the job however it ends (PR_SET_PDEATHSIG: the pool's first workers are forked by
+    # the main thread, replacements by the pool's handler thread, which outlives every task);
+    # Ctrl-C is the parent's to handle, and pool.terminate()'s SIGTERM ends a worker quietly
+    worker_init()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
 
@@ -336,10 +338,13 @@ def _finish_split(out: Path, src: str, v: dict) -> str | None:
         return str(e)
 
 
-def collect(results, split: dict[str, dict], out: Path, total: int, quiet: bool) -> list[tuple[str, str]]:
+def collect(results, split: dict[str, dict], out: Path, total: int, quiet: bool,
+            done_before: int = 0) -> list[tuple[str, str]]:
     """Take the jobs' results as they come, finishing each split video when its last range is
-    in; returns the failures [(src, error)]."""
+    in; returns the failures [(src, error)]. `done_before`: videos finished by earlier runs."""
     failures: list[tuple[str, str]] = []
+    finished = 0
+    progress(done_before, done_before + total)  # what a stop reports (cli.run_main)
     with tqdm(total=total, desc="videos", unit="video", disable=not total or quiet) as bar:
         for src, n, err in results:
             v = split.get(src)
@@ -353,6 +358,8 @@ def collect(results, split: dict[str, dict], out: Path, total: int, quiet: bool)
             if err:
                 failures.append((src, err))
             else:
+                finished += 1
+                progress(done_before + finished, done_before + total)
                 log.debug("%s: %d frames", src, n)
     return failures
 
@@ -383,11 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool = _start_pool(workers, jobs, device, kwargs, compile_step) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap_unordered(_job, jobs) if pool is not None else map(_job, jobs)
-        failures = collect(results, split, out, len(todo), args.quiet)
+        failures = collect(results, split, out, len(todo), args.quiet, len(inputs) - len(todo))
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
+            for p in todo:  # the temporaries of whole videos the (now ended) workers had in progress
+                clean_stale_temps(out, video_id(p))
         for v in split.values():  # a split video not committed (stopped, or failed): its temporaries go
             shutil.rmtree(v["folder"], ignore_errors=True)
         torch.set_num_threads(saved_threads)  # main() is also called in-process (tests, notebooks)

@@ -83,7 +83,7 @@ from errors import UserError
 from video_datasets import FORMATS, LabelledVideos, detect_format, read_dataset, read_recipe
 import metrics
 from cli import (add_allow_gaps, add_data_args, add_device, add_precision, add_verbosity, add_workers, apply_recorded,
-                 keep_freed_memory, nonneg_float, nonneg_int, positive_int, run_main, start)
+                 keep_freed_memory, nonneg_float, nonneg_int, positive_int, progress, run_main, start)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,11 @@ RECIPE_FLAGS = {"mode": "-mode", "clip_frames": "--clip-frames", "frame_stride":
                 "resize": "--resize"}
 
 
+def _stop_note(done: int, total: int) -> None:
+    # an evaluation writes its scores only at the end: a stopped one keeps nothing
+    progress(done, total, "videos evaluated, nothing written (scores are written at the end)", resumes=False)
+
+
 def evaluate_videos(args: argparse.Namespace, recipe: dict | None) -> int:
     """Evaluation of a video dataset (not Charades); returns the exit status."""
     num = (recipe or {}).get("num_classes") or weights.infer_config(
@@ -183,7 +188,7 @@ def evaluate_videos(args: argparse.Namespace, recipe: dict | None) -> int:
                                  flow_root=args.flow_root, resize=args.resize, crop=args.crop, device=args._device,
                                  precision=args.precision, clip_frames=args.clip_frames, frame_stride=args.frame_stride,
                                  views=args.views, crops=args.crops, max_videos=args.max_videos,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, on_video=_stop_note)
     names = class_names(data, recipe)
     for flag, write in ((args.per_class, write_per_class), (args.predictions, write_predictions),
                         (args.confusion, write_confusion)):
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                       flow_model=args.flow_model, flow_root=args.flow_root, fusion=args.fusion,
                       resize=args.resize, crop=args.crop, clip_frames=args.clip_frames, device=device, precision=args.precision,
                       max_videos=args.max_videos, workers=args.workers, details=args.submission is not None,
-                      progress=not args.quiet)
+                      progress=not args.quiet, on_video=_stop_note)
     if args.submission is not None:
         for path in write_submission(args.submission, result):
             log.info("wrote %s", path)

@@ -59,7 +59,8 @@ from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSour
                                    iter_pieces)
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
-                 code_version, keep_freed_memory, nonneg_int, positive_int, run_main, size_or_zero, start)
+                 code_version, keep_freed_memory, nonneg_int, positive_int, progress, run_main, size_or_zero, start)
+from runtime import worker_init
 from feature_store import RECIPE_KEYS, H5Store, NpyStore, parse_shard, recipe_difference, shard
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
@@ -157,7 +158,8 @@ def _loader(args: argparse.Namespace, todo: list[VideoSource], mode: str, crop: 
             device: torch.device):
     dataset = StreamingVideoDataset(todo, mode=mode, resize=args.resize, crop=crop, fps=args.fps, flow=flow)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers,
-                                       pin_memory=device.type == "cuda", prefetch_factor=2 if args.workers else None)
+                                       pin_memory=device.type == "cuda", prefetch_factor=2 if args.workers else None,
+                                       worker_init_fn=worker_init)  # workers end with this process
 
 
 def _reread(args, model, run, mode: str, device, source: VideoSource, total: int, crop: int, flow) -> np.ndarray:
@@ -252,11 +254,13 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
         log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo),
                  len(todo))
         job = _Run(args, model, mode, device, todo, store, wanted)
+        progress(len(sources) - len(todo), len(sources), f"{mode} videos done")  # what a stop says
         t0 = time.perf_counter()
         with tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet) as bar:
             for item in background(_loader(args, todo, mode, job.crop, job.flow, device)):  # decoding overlaps
                 if job.take(item):
                     bar.update(1)
+                    progress(len(sources) - len(todo) + job.done, len(sources), f"{mode} videos done")
                     bar.set_postfix(fps=f"{job.frames / (time.perf_counter() - t0):.1f}")
     finally:
         store.close()

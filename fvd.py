@@ -45,9 +45,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from errors import FrameError, UserError
-from runtime import select_device
+from runtime import die_with_parent, select_device, worker_init
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
-                 run_main, start)
+                 progress as report_progress, run_main, start)  # `progress` is the progress-bar flag here
 from atomic_io import atomic_write
 from feature_store import recipe_difference
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
@@ -250,6 +250,7 @@ class Stats:
 
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
+        die_with_parent()  # a rank ends with torchrun's agent (its parent), however that ended
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return 0, 1
 
@@ -369,7 +370,8 @@ class Extractor:
                         self.resize, self.rescale, self.stride, plan)
         if arr is not None:
             data._arr = arr
-        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0 if arr is not None else self.workers)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0 if arr is not None else self.workers,
+                                             worker_init_fn=worker_init)  # workers end with this process
         rows: dict[int, np.ndarray] = {}
         lengths: dict[int, int] = {}
         skipped: list[str] = []
@@ -386,7 +388,9 @@ class Extractor:
 
         bar = tqdm(loader, desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
                    unit="video", disable=not self.progress or self.rank != 0)
-        for i, name, tensor, err in bar:
+        report_progress(0, len(data), what := f"videos of {Path(str(spec)).name} read", resumes=False)  # if stopped
+        for k, (i, name, tensor, err) in enumerate(bar, 1):
+            report_progress(k, len(data), what, resumes=False)
             if err is not None:
                 if err.startswith("bad:") and self.skip_bad:
                     logger.warning("skipping %s", err[4:])

@@ -29,7 +29,7 @@ import frame_io
 import weights as weights_mod
 from errors import FrameError, UserError
 from cli import (add_device, add_precision, add_resize_crop, add_verbosity, apply_recorded, keep_freed_memory,
-                 positive_int, run_main, start)
+                 positive_int, progress, run_main, start)
 from streaming import stream_logits
 from tvl1 import iter_video_flow
 from video_datasets import read_recipe
@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = list(names) if names and len(names) == rgb_model.num_classes else load_labels(rgb_model.num_classes)
 
     results, failures = [], []
+    shown = ", nothing printed (--json prints at the end)" if args.json else " (printed above)"
     for i, source in enumerate(args.inputs):
+        progress(i, len(args.inputs), "inputs classified" + shown, resumes=False)  # what a stop says
         try:
             logits = video_logits(rgb_model, lambda: rgb_clips(source, resize, crop),
                                   frame_count(source), device)

@@ -60,7 +60,7 @@ from tqdm import tqdm
 import videotransforms
 from charades_dataset import NUM_CLASSES as CHARADES_CLASSES, Charades
 from errors import UserError
-from runtime import dist_env, select_device
+from runtime import dist_env, select_device, worker_init
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
                  positive_float, positive_int, run_main, start)
 import video_eval
@@ -299,7 +299,8 @@ def make_loader(args: argparse.Namespace, dataset, rank: int, world_size: int,
     sampler = EpochSampler(len(dataset), seed=args.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True,  # no 1-clip batch for batch norm
-                        generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+                        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
+                        worker_init_fn=worker_init)  # workers end with this process, however it ends
     if len(loader) == 0:
         raise UserError(f"{len(dataset)} training clips over {world_size} process(es) do not fill one batch of "
                         f"{args.batch_size}: lower --batch-size")

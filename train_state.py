@@ -24,7 +24,7 @@ from atomic_io import append_bytes_checked, atomic_write_bytes
 from charades_metrics import upsample_logits
 from errors import UserError
 from fast_i3d import check_precision
-from runtime import dist_env
+from runtime import die_with_parent, dist_env
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,12 @@ def plot_curves(log_csv: Path, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); starts the process group when run under torchrun."""
+    """(rank, world_size, local_rank); starts the process group when run under torchrun, and
+    makes this rank end with torchrun's agent (its parent), however the agent ended."""
     _, world_size, _ = dist_env()  # checked: WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE
     if world_size <= 1:
         return 0, 1, 0
+    die_with_parent()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     return dist.get_rank(), world_size, dist_env()[2]

@@ -136,12 +136,14 @@ def score(probs: np.ndarray, labels: list[tuple[int, ...]], num_classes: int, mu
 def evaluate(model, data: LabelledVideos, mode: str = "rgb", *, flow_model=None, flow_root: str | Path | None = None,
              resize: int | None = None, crop: int = 224, device: torch.device | str = "cpu", precision: str = "fp32",
              clip_frames: int = 64, frame_stride: int = 1, views: int = 0, crops: int = 1,
-             max_videos: int | None = None, progress: bool = True) -> dict:
+             max_videos: int | None = None, progress: bool = True,
+             on_video: Callable[[int, int], None] | None = None) -> dict:
     """Accuracy of a model (InceptionI3d, possibly in training, a fast copy, or a weights path /
     name), or an RGB + flow pair, on the dataset's samples. mode 'flow' (or flow_model) reads
     dense_flow.py folders under flow_root mirroring the videos' layout. Returns {"top1", "top5",
     "mean_class_accuracy", ("map" for multi-label), "videos", "missing", "failed": [[key, message]],
-    "missing_videos": [[path, where]], "keys", "probs" (N, C), "labels"}."""
+    "missing_videos": [[path, where]], "keys", "probs" (N, C), "labels"}. on_video(done, total) is
+    called before each video (eval_i3d.py: what a stopped run says)."""
     device = torch.device(device)
     if crops not in (1, 3):
         raise UserError(f"crops must be 1 or 3, not {crops}")
@@ -159,7 +161,9 @@ def evaluate(model, data: LabelledVideos, mode: str = "rgb", *, flow_model=None,
     flow_root = Path(flow_root) if flow_root is not None else None
     samples = data.samples[:max_videos] if max_videos else data.samples
     keys, probs, labels, failed = [], [], [], []
-    for s in tqdm(samples, desc="evaluating", unit="video", disable=not progress):
+    for i, s in enumerate(tqdm(samples, desc="evaluating", unit="video", disable=not progress)):
+        if on_video is not None:
+            on_video(i, len(samples))
         try:
             ps = [video_probs(net, _stream_path(s, m, flow_root), m, resize=resize, crop=crop, device=device,
                               clip_frames=clip_frames, frame_stride=frame_stride, views=views, crops=crops,

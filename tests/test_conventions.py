@@ -180,7 +180,7 @@ def test_exit_codes(capsys):
     assert _exit_code(_raise(KeyboardInterrupt())) == 130
     assert _exit_code(_terminated) == 143
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "terminated" in err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
 
 
 def test_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
