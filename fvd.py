@@ -48,7 +48,7 @@ from errors import FrameError, UserError
 from runtime import select_device
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  run_main, start)
-from atomic_io import atomic_write
+from atomic_io import atomic_write, clean_stale_temps
 from feature_store import recipe_difference
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
 from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
@@ -229,6 +229,7 @@ class Stats:
 
     def save(self, path: str | Path) -> None:
         extra = {} if self.features is None else {"features": self.features}
+        clean_stale_temps(Path(path).parent, Path(path).name)  # a copy half-written by a killed run
         with atomic_write(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), videos=np.int64(self.videos or -1),
                      protocol=json.dumps(self.protocol), **extra)

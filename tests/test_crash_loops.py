@@ -29,7 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # two cores shared: leave room
 SEED = 19
-GONE_S = 5.0  # a worker must end this soon after its job's main process
+# A worker must end this soon after its job's main process. The kernel's parent-death signal
+# ends it at once, so this is slack for a loaded machine; a bound longer than the work a tiny
+# video gives a worker would not tell a worker that ends with its job from one that ends only
+# when its current video is done (dense_flow's pool workers) or at its next poll (DataLoader's).
+GONE_S = 1.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +210,11 @@ EVENT_MOMENTS = [Moment("start", 2.5), Moment("output", 0.2), Moment("work", 0.2
 # dense_flow.py: several videos, two pool workers
 # ----------------------------------------------------------------------------------------------
 
-def test_dense_flow_crash_loop(videos, tmp_path_factory, tmp_path):
+def test_dense_flow_crash_loop(tmp_path_factory, tmp_path):
+    videos = tmp_path_factory.mktemp("crash_flow_videos")
+    for i, n in enumerate((20, 18, 22)):  # about 2 s of one worker's time each: a kill finds it busy
+        write_video(videos / f"v{i}.mp4", n, h=32, w=40)
+
     def cmd(out: Path) -> list[str]:
         return [PY, str(ROOT / "dense_flow.py"), *map(str, sorted(videos.glob("*.mp4"))), "-o", str(out),
                 "--resize", "0", "--no-compile", "--workers", "2", "-q"]
@@ -242,7 +250,7 @@ def test_extract_features_crash_loop(kind, videos, wfiles, tmp_path_factory, tmp
 
 def test_fvd_save_stats_crash_loop(videos, wfiles, tmp_path_factory, tmp_path):
     def cmd(out: Path) -> list[str]:
-        return [PY, str(ROOT / "fvd.py"), str(videos), "--weights", str(wfiles["kinetics"]), "--frames", "10",
+        return [PY, str(ROOT / "fvd.py"), str(videos), "--weights", str(wfiles["kinetics"]), "--frames", "9",
                 "--save-stats", str(out / "stats.npz"), "--workers", "1", "-q"]
     clean, clean_s = clean_reference(tmp_path_factory, cmd, "fvd")
     looped = tmp_path / "out"
