@@ -192,8 +192,9 @@ def videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def wfiles(random_i3d_file) -> dict[str, Path]:
-    return {"rgb": random_i3d_file(), "flow": random_i3d_file(in_channels=2),
-            "kinetics": random_i3d_file(num_classes=400)}
+    # test_fvd.py's arguments: one file each per session
+    return {"rgb": random_i3d_file(num_classes=157, in_channels=3), "flow": random_i3d_file(num_classes=400, in_channels=2),
+            "kinetics": random_i3d_file(num_classes=400, in_channels=3)}
 
 
 def clean_reference(tmp_path_factory, make_cmd, name: str) -> tuple[Path, float]:
