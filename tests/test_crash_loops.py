@@ -43,7 +43,8 @@ GONE_S = 1.5
 @dataclass(frozen=True)
 class Moment:
     """When to kill: once `after` holds ('start': at once; 'work': the run has created anything,
-    a temporary included; 'output': the run has written a file that is not a temporary), wait a
+    a temporary included; 'output': the run has written a file that is not a temporary;
+    'file:NAME': the run has written NAME, new or replaced), wait a
     seeded delay of up to `max_s` seconds, or a seeded fraction in `of_clean` of the clean run's
     duration."""
     after: str
@@ -72,6 +73,15 @@ def _is_temp(rel: str) -> bool:
     return any(".tmp" in part for part in rel.split("/"))
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime): changes when the file is replaced (atomic rename) or rewritten."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _members(pgid: int) -> list[str]:
     """Live (not zombie) processes of process group pgid: 'PID command'."""
     found = []
@@ -98,6 +108,8 @@ def kill_once(cmd: list[str], out: Path, moment: Moment, rng: random.Random, cle
     the whole group is gone within GONE_S (what is not is recorded in loop.orphans, then killed,
     so that it cannot write into the next run)."""
     before = set(tree(out)) if out.exists() else set()
+    watched = out / moment.after[len("file:"):] if moment.after.startswith("file:") else None
+    stamp = _stamp(watched) if watched else None
     delay = rng.uniform(*moment.of_clean) * clean_s if moment.of_clean else rng.uniform(0, moment.max_s)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -106,7 +118,8 @@ def kill_once(cmd: list[str], out: Path, moment: Moment, rng: random.Random, cle
         while proc.poll() is None and time.monotonic() < deadline:
             new = set(tree(out)) - before if out.exists() else set()
             if (moment.after == "start" or (moment.after == "work" and new)
-                    or (moment.after == "output" and any(not _is_temp(p) for p in new))):
+                    or (moment.after == "output" and any(not _is_temp(p) for p in new))
+                    or (watched and _stamp(watched) not in (None, stamp))):
                 break
             time.sleep(0.02)
         end = time.monotonic() + delay
@@ -308,7 +321,8 @@ def test_train_resume_crash_loop(tmp_path_factory, tmp_path):
                 "--resume", "-q"]
     clean, clean_s = clean_reference(tmp_path_factory, cmd, "train")
     looped = tmp_path / "out"
-    moments = [Moment("start", 2.5), Moment("output", 0.4), Moment("output", 0.2)]
+    # after a checkpoint of this run: the next run resumes from a step past 0
+    moments = [Moment("start", 2.5), Moment("file:m_last.ckpt", 0.3), Moment("file:m_last.ckpt", 0.3)]
     loop = crash_loop(cmd, looped, moments, clean_s, "train")
     final = torch.load(looped / "m_000006.pt", weights_only=True)
     assert final.keys() == torch.load(clean / "m_000006.pt", weights_only=True).keys()
