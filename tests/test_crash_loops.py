@@ -3,7 +3,8 @@ killed with SIGKILL at several seeded moments (during start-up, after its first 
 workers are busy with a video), then run once to the end. The outputs must equal a clean run's,
 made in another folder, byte for byte (weights and training state: torch.equal), with no other
 file left (hidden files, temporaries and lock files included), and every process of a killed job
-must be gone within a few seconds of its main process."""
+must be gone within GONE_S of its main process (which needs every worker to call
+runtime.worker_init)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -44,9 +44,8 @@ GONE_S = 1.5
 class Moment:
     """When to kill: once `after` holds ('start': at once; 'work': the run has created anything,
     a temporary included; 'output': the run has written a file that is not a temporary;
-    'file:NAME': the run has written NAME, new or replaced), wait a
-    seeded delay of up to `max_s` seconds, or a seeded fraction in `of_clean` of the clean run's
-    duration."""
+    'file:NAME': the run has written NAME, new or replaced), wait a seeded delay of up to `max_s`
+    seconds, or a seeded fraction in `of_clean` of the clean run's duration."""
     after: str
     max_s: float = 0.0
     of_clean: tuple[float, float] | None = None
