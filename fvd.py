@@ -3,9 +3,8 @@
     python fvd.py SET_A SET_B                       # prints the FVD
     python fvd.py SET_A SET_B --json                # {"fvd": ..., "protocol": {...}, ...}
     python fvd.py SET_A --save-stats a.npz          # statistics only, to compare later
-    python fvd.py a.npz SET_B --frames 16 --clips 4 --seed 0
-    python fvd.py real/ --protocol fvd2048_16f --save-stats real.npz   # StyleGAN-V's sampling, once
-    python fvd.py real.npz gen/ --protocol fvd2048_16f --kvd            # + KVD, against any generated set
+    python fvd.py real/ --protocol fvd2048_16f --save-stats real.npz   # StyleGAN-V's sampling, once;
+    python fvd.py real.npz gen/ --protocol fvd2048_16f --kvd            # then + KVD against any set
     python fvd.py real/ gen/ --num-clips 512 --frames 16 --stride 2 --seed 1
     python -m torch.distributed.run --nproc_per_node 2 fvd.py SET_A SET_B   # ranks split each set
 
@@ -48,7 +47,7 @@ from errors import FrameError, UserError
 from runtime import die_with_parent, select_device, worker_init
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  progress as report_progress, run_main, start)  # `progress` is the progress-bar flag here
-from atomic_io import atomic_write
+from atomic_io import atomic_write, clean_stale_temps
 from feature_store import recipe_difference
 from frame_io import IMAGE_EXTS, is_video_file, iter_frames, list_frame_files, read_list
 from fvd_metric import (KVD_SUBSET_SIZE, KVD_SUBSETS, MIN_FRAMES, RESIZE_METHODS, SIZE, feature_stats,
@@ -229,6 +228,7 @@ class Stats:
 
     def save(self, path: str | Path) -> None:
         extra = {} if self.features is None else {"features": self.features}
+        clean_stale_temps(Path(path).parent, Path(path).name)  # a copy half-written by a killed run
         with atomic_write(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), videos=np.int64(self.videos or -1),
                      protocol=json.dumps(self.protocol), **extra)
