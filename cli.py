@@ -325,8 +325,9 @@ def run_main(main: Callable[[], int | None]) -> None:
     sys.unraisablehook = quiet_stop
     try:
         _run(prog, main)
-    finally:  # main() is also run in-process (tests)
+    finally:  # main() is also run in-process (tests): leave no stop pending for the next job
         sys.unraisablehook = unraisable
+        _Progress.done = _Progress.stop = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -86,5 +86,8 @@ def worker_init(_worker_id: int | None = None) -> None:
     """A worker_init_fn / pool initializer: end with the parent, and leave stop signals to
     the parent (it stops the workers itself; a worker prints no traceback on Ctrl-C)."""
     die_with_parent()
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:  # forked after the parent compiled: torch clears only its process pool at fork,
+        inductor.compile_threads = 1  # and a compile waiting on the parent's (threadless here) pool would hang
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
