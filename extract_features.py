@@ -58,7 +58,7 @@ import frame_io
 import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
                                    iter_pieces)
-from video_sources import FlowWorkers, two_stream_items
+from video_sources import FlowWorkers, default_flow_workers, two_stream_items
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
                  code_version, keep_freed_memory, nonneg_int, positive_int, run_main, size_or_zero, start)
@@ -318,13 +318,6 @@ def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[Vi
         log.info("%s: extracted %d videos (%d frames) in %.1fs, %.1f frames/s; %d skipped as done; %d failed", m,
                  job.done, job.frames, dt, job.frames / max(dt, 1e-9), len(sources) - len(todo[m]), len(job.failures))
     return {m: job.failures for m, job in jobs.items()}
-
-
-def default_flow_workers() -> int:
-    """TV-L1 processes beside the networks for flow from video files: every core but the
-    networks' share, about a sixth of the CPU time of -mode both (measured on 2 cores; see README)."""
-    cores = os.cpu_count() or 1
-    return max(1, cores - cores // 6)
 
 
 def default_workers() -> int:

@@ -206,6 +206,14 @@ FLOW_JOB_PAIRS = 4  # frame pairs per worker job: small, so a video's last job k
 BOTH_PIECE_FRAMES = 16  # frames per item: the network runs in small steps between feeding the workers
 
 
+def default_flow_workers() -> int:
+    """TV-L1 processes for flow from video files, beside the process that decodes and runs the
+    networks: every core but that process's share (the networks of -mode both take about a
+    sixth of its CPU time on 2 cores; the rule for many cores is not measured)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores - cores // 6)
+
+
 def _flow_worker_start() -> None:
     runtime.worker_init()
     # one thread per worker, as dense_flow.py's: the same float sums, so the same flow files
@@ -254,7 +262,14 @@ class FlowWorkers:
 
     def submit(self, grays: np.ndarray):
         args = (grays, self.jpeg, self.files, self.compile_step)
-        return self.pool.apply_async(_flow_job, args) if self.pool is not None else _Done(_flow_job(*args))
+        if self.pool is not None:
+            return self.pool.apply_async(_flow_job, args)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a worker: the same float sums as dense_flow.py
+        try:
+            return _Done(_flow_job(*args))
+        finally:
+            torch.set_num_threads(threads)
 
     def close(self) -> None:
         if self.pool is not None:
