@@ -23,7 +23,9 @@ What is computed (per video):
 - --ten-crop: 4 corners + center and their horizontal flips (flow: the x channel negated),
   stacked on a leading crop axis: (10, ...) in front of the shapes above.
 - -mode both: rgb into SAVE_DIR/rgb, flow into SAVE_DIR/flow (-load_model is the RGB model,
-  --flow-model the flow model), the same names under each.
+  --flow-model the flow model), the same names under each. From video files (on the CPU) each
+  video is decoded once for both streams and its frame pairs go to --workers TV-L1 processes
+  while this one runs the networks (video_sources.two_stream_items); -mode flow likewise.
 
 Outputs: SAVE_DIR/KEY.npy (KEY keeps the input's folder structure), or with --format h5 one
 SAVE_DIR/features.h5 (features-K-of-N.h5 per shard), one dataset per video with attributes
@@ -421,7 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
     add_workers(p, None, "decode worker processes (default: 0 on up to 4 cores, decoding in a thread of this "
-                         "process; at least 1 where TV-L1 flow is computed from video files)")
+                         "process); for flow from video files on the CPU (-mode flow/both --input): the TV-L1 "
+                         "processes, each video's frame pairs split between them (default: the cores less a sixth, "
+                         "at least 1; 0: TV-L1 in this process)")
     add_threads(p)
     p.add_argument("--chunk-frames", type=positive_int, default=CHUNK_FRAMES,
                    help="frames per engine step (default %(default)s; bounds memory; does not change the result)")

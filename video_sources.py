@@ -9,6 +9,11 @@ Frame reading is frame_io's (the same as charades_dataset.py): Charades frame fo
 
 A video that cannot be read yields one item with `error` set; the others go on.
 
+Flow and RGB of video files (two_stream_items, FlowWorkers): each video decoded once in this
+process, its frame pairs solved by TV-L1 worker processes in runs of a few pairs, RGB items
+yielded at once and flow items as their jobs come back, in order: the networks run while the
+workers solve, and the flow is exactly dense_flow.py's stored flow.
+
 Which videos: charades_sources (-root / -split) and input_sources (--input files, folders, lists).
 """
 from __future__ import annotations
