@@ -271,9 +271,9 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
 
 
 def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[VideoSource], device: torch.device,
-                        tag: str, recipes: dict) -> dict[str, list[tuple[str, str]]]:
+                        tag: str, recipes: dict, workers: FlowWorkers) -> dict[str, list[tuple[str, str]]]:
     """The streams of `models` (rgb, flow) from video files, each video decoded once, TV-L1 on
-    args.flow_workers processes while this one runs the networks (video_sources.two_stream_items);
+    `workers` while this process runs the networks (video_sources.two_stream_items);
     {mode: [(key, error)]}. Features equal the per-stream path (the flow is dense_flow.py's)."""
     from tqdm import tqdm
 
@@ -306,8 +306,7 @@ def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[Vi
 
         t0 = time.perf_counter()
         total = sum(len(ms) for _, ms in videos)
-        with FlowWorkers(args.flow_workers, args.flow_jpeg, args.keep_flow is not None) as workers, \
-                tqdm(total=total, unit="stream", desc="+".join(modes), disable=not total or args.quiet) as bar:
+        with tqdm(total=total, unit="stream", desc="+".join(modes), disable=not total or args.quiet) as bar:
             for mode, item in two_stream_items(videos, workers, rgb_frame, gray_frame, flow_frame, args.fps,
                                                args.keep_flow):
                 if jobs[mode].take(item):
@@ -489,21 +488,32 @@ def main(argv: list[str] | None = None) -> int:
     check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
+    files = [s for s in mine if s.layout == "file"] if engine else []
+    others = [s for s in mine if s.layout != "file"] if engine else mine
+    # started before the models are loaded: the forked workers do not carry them
+    workers = FlowWorkers(args.flow_workers, args.flow_jpeg, args.keep_flow is not None) if files else None
+    try:
+        return _extract_all(args, paths, modes, mine, files, others, device, tag, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _extract_all(args: argparse.Namespace, paths: dict, modes: list, mine: list[VideoSource], files: list[VideoSource],
+                 others: list[VideoSource], device: torch.device, tag: str, workers: FlowWorkers | None) -> int:
     models, recipes = {}, {}
     for mode, path in paths.items():  # both loaded first: wrong weights stop the run before anything is written
         model = weights.load_model(path, mode=mode, final_endpoint=args.endpoint, device=device)
         models[mode] = model.for_inference(precision=args.precision, device=device)
         recipes[mode] = recipe(args, mode, weights.file_sha256(path))
         del model  # the plain copy is not used again
-    files = [s for s in mine if s.layout == "file"] if engine else []
-    others = [s for s in mine if s.layout != "file"] if engine else mine
     fails_of: dict[str, list[tuple[str, str]]] = {mode: [] for mode, _ in modes}
     for mode, _ in modes:
         if others or not files:
             out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
             fails_of[mode] += extract_videos(args, models[mode], others, mode, out_dir, device, tag, recipes[mode])[1]
     if files:
-        for mode, fails in extract_from_videos(args, models, files, device, tag, recipes).items():
+        for mode, fails in extract_from_videos(args, models, files, device, tag, recipes, workers).items():
             fails_of[mode] += fails
     failures: list[tuple[str, str]] = []
     for mode, fails in fails_of.items():

@@ -200,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     resize, crop, size_from = input_size(args)
     log.info("input: smaller side %s, center crop %d (%s)", "by the Charades rule" if resize is None else resize,
              crop, "--resize/--crop" if args.resize is not None and args.crop is not None else size_from)
+    # two-stream from video files on the CPU: decoded once, TV-L1 on every core beside the networks
+    # (the workers start before the models are loaded: they do not carry them)
+    workers = None
+    if args.flow_weights is not None and not args.flow_input and device.type == "cpu" \
+            and any(not p.is_dir() for p in args.inputs):
+        workers = FlowWorkers(default_flow_workers())
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers.workers))
     rgb_model = build_model(args.weights, "rgb", device, args.precision)
     flow_model = build_model(args.flow_weights, "flow", device, args.precision) if args.flow_weights else None
     if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
@@ -208,13 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     names = (recipe or {}).get("classes")
     labels = list(names) if names and len(names) == rgb_model.num_classes else load_labels(rgb_model.num_classes)
 
-    # two-stream from video files on the CPU: decoded once, TV-L1 on every core beside the networks
-    workers = None
-    if flow_model is not None and not args.flow_input and device.type == "cpu" \
-            and any(not p.is_dir() for p in args.inputs):
-        workers = FlowWorkers(default_flow_workers())
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers.workers))
     results, failures = [], []
     for i, source in enumerate(args.inputs):
         try:
