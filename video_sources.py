@@ -251,7 +251,7 @@ class _Done:
 
 
 class FlowWorkers:
-    """TV-L1 flow (CPU) on `workers` processes, forked once per job (0: in this process): runs
+    """TV-L1 flow (CPU) on `workers` processes started once for the run (0: in this process): runs
     of FLOW_JOB_PAIRS consecutive frame pairs go out as jobs (a pair is solved on its own, so
     the flow does not depend on the split), the results come back as dense_flow.py's stored
     flow (tvl1.encode_flow), the JPEG bytes too with files=True. Each worker runs
