@@ -253,7 +253,7 @@ def test_parallel_two_stream_equals_two_step_and_old_path(tmp_path, weights):
                     str(video), "-save_dir", str(tmp_path / "one"), "--flow-resize", "0", *opts,
                     "--workers", "2"]) == 0
     flow, rgb = np.load(tmp_path / "one" / "flow" / "clip.npy"), np.load(tmp_path / "one" / "rgb" / "clip.npy")
-    assert flow.shape == rgb.shape == (2, 1024)
+    assert flow.shape == rgb.shape == (2, 1, 1, 1024)
     np.testing.assert_array_equal(flow, np.load(tmp_path / "two" / "clip.npy"))
     np.testing.assert_array_equal(rgb, np.load(tmp_path / "two_rgb" / "clip.npy"))
     # the single-worker path (a DataLoader worker running tvl1.iter_video_flow), still behind extract_videos
