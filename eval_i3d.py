@@ -17,7 +17,12 @@ from -root are counted and listed; unreadable ones are skipped and listed; eithe
 exit status 1 unless --skip-bad.
 
 Flags a model file trained here records (mode, clip frames, frame stride, crop, resize) are
-its defaults; a flag given explicitly wins, with a one-line notice.
+its defaults; a flag given explicitly wins, with a one-line notice. A published checkpoint
+(-load_model rgb_scratch, or a file named after one) scores a video dataset on the input
+weights.py records for it (the Kinetics models: smaller side 256, center crop 224), so
+DeepMind's figures can be checked on a Kinetics validation CSV as they are:
+
+    python eval_i3d.py -load_model rgb_scratch --split kinetics_400_val.csv -root kinetics400/val --json
 
 Charades:
 
@@ -264,13 +269,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def published_input(load_model: str | Path) -> dict | None:
+    """The input a published checkpoint was trained on (weights.py's record: DeepMind's Kinetics
+    models 256 / 224), or None for a file that is not one."""
+    info = weights.weights_info(load_model)
+    return {"resize": info.preprocessing.resize, "crop": info.preprocessing.crop} if info else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     recipe = read_recipe(weights.resolve_weights(args.load_model))
     apply_recorded(args, argv, recipe, RECIPE_FLAGS)  # unless given, the flags the model was trained with
-    device = args._device = start(args)
     fmt = args.format or (detect_format(args.split) if args.split else "folders")
+    if recipe is None and fmt != "charades":  # a published checkpoint scores on its own input (Kinetics)
+        apply_recorded(args, argv, published_input(args.load_model), {"resize": "--resize", "crop": "--crop"})
+    device = args._device = start(args)
     if fmt != "charades":
         return evaluate_videos(args, recipe)
     if args.flow_model is None and args.flow_root is not None:

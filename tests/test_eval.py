@@ -415,3 +415,56 @@ def test_model_of_another_class_count_is_refused(ucf, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == ("eval_i3d.py: error: the rgb model has 5 classes, the dataset 3: not a model for "
                                 "this dataset")
+
+
+def test_kinetics_csv_with_the_published_rgb_scratch(rgb_scratch_weights, sample_videos, tmp_path, capsys):
+    """The README's check of DeepMind's 68.4 / 88.0 on a Kinetics validation CSV, run as written
+    (eval_i3d.py -load_model rgb_scratch --split CSV -root ROOT) on a tiny Kinetics layout: the
+    real sample videos (64 frames each, so no padding) named {youtube_id}_{start:06d}_{end:06d}.mp4
+    under ROOT/SPLIT/ and ROOT/LABEL/, labels quoted as in the official CSVs, one video absent.
+    The 400-class head scores them through the label map: each label is the class predict.py
+    (its own frame reader and label file) ranks 1st, resp. 3rd, for that video at the weights'
+    recorded input (256 / 224, taken without --resize / --crop), so top-1 is 1/2 and top-5 1."""
+    import re
+
+    import cv2
+    import predict
+    import weights
+
+    root = tmp_path / "kinetics400_val"
+    model = weights.load_model(rgb_scratch_weights, mode="rgb").for_inference("fp32")
+    labels400 = predict.load_labels(400)
+    rows, ranked = [], {}
+    for video, yt, rank in ((sample_videos[1], "bunny_0000A", 0), (sample_videos[0], "bikes-00-0B", 2)):
+        name = f"{yt}_000010_000020.mp4"
+        frames = [cv2.resize(f, (426, 320), interpolation=cv2.INTER_AREA)
+                  for f, _ in zip(frame_io.iter_frames(video), range(64))]
+        synthetic_ucf101.write_video(tmp_path / name, np.stack(frames))  # 320 high: resized to 256 by the record
+        logits = predict.video_logits(model, lambda: predict.rgb_clips(tmp_path / name, 256, 224), 64,
+                                      torch.device("cpu"))
+        probs = torch.softmax(logits.float(), 0).numpy()
+        label = labels400[np.argsort(-probs, kind="stable")[rank]]
+        folder = root / ("validate" if rank == 0 else label)  # the downloaders' two layouts
+        folder.mkdir(parents=True)
+        shutil.move(tmp_path / name, folder / name)
+        rows.append([label, yt, "10", "20", "validate"])
+        ranked[f"{yt}_000010_000020"] = (label, probs)
+    rows.append(["passing American football (in game)", "--absent-yt", "0", "10", "validate"])
+    csv_path = tmp_path / "kinetics_400_val.csv"
+    with open(csv_path, "w", newline="") as f:
+        _csv.writer(f, quoting=_csv.QUOTE_NONNUMERIC).writerows(
+            [["label", "youtube_id", "time_start", "time_end", "split"], *rows])
+    argv = ["-load_model", str(rgb_scratch_weights), "--split", str(csv_path), "-root", str(root), "--json", "-q",
+            "--predictions", str(tmp_path / "pred.csv"), "--workers", "0"]
+    assert eval_i3d.main(argv) == 1  # one video missing: listed, exit 1 (0 with --skip-bad)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["num_classes"], out["videos"], out["missing"]) == (400, 2, 1)
+    assert out["missing_videos"][0][0].endswith("--absent-yt_000000_000010.mp4")
+    assert out["top1"] == 0.5 and out["top5"] == 1.0 and out["mean_class_accuracy"] == 0.5
+    for row in _csv.DictReader(_io.StringIO((tmp_path / "pred.csv").read_text())):
+        label, probs = ranked[row["video"]]
+        assert row["true"] == label
+        top = re.findall(r"(.+?):(\d\.\d{4})(?: |$)", row["top5"])  # names hold spaces
+        order = np.argsort(-probs, kind="stable")[:5]
+        assert [name for name, _ in top] == [labels400[i] for i in order]
+        assert np.allclose([float(p) for _, p in top], probs[order], atol=1e-4)  # printed to 4 decimals
