@@ -23,7 +23,9 @@ What is computed (per video):
 - --ten-crop: 4 corners + center and their horizontal flips (flow: the x channel negated),
   stacked on a leading crop axis: (10, ...) in front of the shapes above.
 - -mode both: rgb into SAVE_DIR/rgb, flow into SAVE_DIR/flow (-load_model is the RGB model,
-  --flow-model the flow model), the same names under each.
+  --flow-model the flow model), the same names under each. From video files (on the CPU) each
+  video is decoded once for both streams and its frame pairs go to --workers TV-L1 processes
+  while this one runs the networks (video_sources.two_stream_items); -mode flow likewise.
 
 Outputs: SAVE_DIR/KEY.npy (KEY keeps the input's folder structure), or with --format h5 one
 SAVE_DIR/features.h5 (features-K-of-N.h5 per shard), one dataset per video with attributes
@@ -49,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -57,6 +60,7 @@ import frame_io
 import weights
 from charades_dataset_full import (FlowOptions, StreamingVideoDataset, VideoSource, charades_sources, input_sources,
                                    iter_pieces)
+from video_sources import FlowWorkers, default_flow_workers, two_stream_items
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
                  code_version, keep_freed_memory, nonneg_int, positive_int, progress, run_main, size_or_zero, start)
@@ -270,6 +274,57 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
     return job.done, job.failures
 
 
+def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[VideoSource], device: torch.device,
+                        tag: str, recipes: dict, workers: FlowWorkers) -> dict[str, list[tuple[str, str]]]:
+    """The streams of `models` (rgb, flow) from video files, each video decoded once, TV-L1 on
+    `workers` while this process runs the networks (video_sources.two_stream_items);
+    {mode: [(key, error)]}. Features equal the per-stream path (the flow is dense_flow.py's)."""
+    from tqdm import tqdm
+
+    modes = list(models)
+    out_dirs = {m: args.save_dir / m if args.mode == "both" else args.save_dir for m in modes}
+    stores = {m: _store(args, out_dirs[m], tag) for m in modes}
+    try:
+        todo = {m: {s.key for s in select_todo(stores[m], sources, recipes[m], getattr(args, "overwrite", False))}
+                for m in modes}
+        for m in modes:
+            log.info("%s: %d videos, %d already done, %d to extract", m, len(sources), len(sources) - len(todo[m]),
+                     len(todo[m]))
+        videos = [(s, tuple(m for m in modes if s.key in todo[m])) for s in sources]
+        videos = [(s, ms) for s, ms in videos if ms]
+        srcs = [s for s, _ in videos]
+        jobs = {m: _Run(args, models[m], m, device, srcs, stores[m], recipes[m]) for m in modes}
+        crop = jobs[modes[0]].crop  # 0 with --ten-crop (the crops are cut later)
+        resize, flow_resize = args.resize, args.flow_resize
+
+        def rgb_frame(f: np.ndarray) -> np.ndarray:
+            f = frame_io.resize_for_mode(f, resize, "rgb")
+            return frame_io.center_crop(f, crop) if crop else f
+
+        def gray_frame(f: np.ndarray) -> np.ndarray:  # dense_flow.py's order: resize, then gray
+            return cv2.cvtColor(frame_io.resize_smaller_side(f, flow_resize), cv2.COLOR_RGB2GRAY)
+
+        def flow_frame(f: np.ndarray) -> np.ndarray:
+            f = frame_io.resize_for_mode(f, resize, "flow")
+            return frame_io.center_crop(f, crop) if crop else f
+
+        t0 = time.perf_counter()
+        total = sum(len(ms) for _, ms in videos)
+        with tqdm(total=total, unit="stream", desc="+".join(modes), disable=not total or args.quiet) as bar:
+            for mode, item in two_stream_items(videos, workers, rgb_frame, gray_frame, flow_frame, args.fps,
+                                               args.keep_flow):
+                if jobs[mode].take(item):
+                    bar.update(1)
+    finally:
+        for store in stores.values():
+            store.close()
+    dt = time.perf_counter() - t0
+    for m, job in jobs.items():
+        log.info("%s: extracted %d videos (%d frames) in %.1fs, %.1f frames/s; %d skipped as done; %d failed", m,
+                 job.done, job.frames, dt, job.frames / max(dt, 1e-9), len(sources) - len(todo[m]), len(job.failures))
+    return {m: job.failures for m, job in jobs.items()}
+
+
 def default_workers() -> int:
     """0 (a decode thread) on small machines, where worker processes only compete with the
     network for cores (measured on 2 cores: 31 s CPU for 480 frames vs 42 s with 2 workers)."""
@@ -371,7 +426,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", choices=("npy", "h5"), default="npy")
     p.add_argument("--shard", default=None, help="K/N: this process takes videos i %% N == K")
     add_workers(p, None, "decode worker processes (default: 0 on up to 4 cores, decoding in a thread of this "
-                         "process; at least 1 where TV-L1 flow is computed from video files)")
+                         "process); for flow from video files on the CPU (-mode flow/both --input): the TV-L1 "
+                         "processes, each video's frame pairs split between them (default: the cores less a sixth, "
+                         "at least 1; 0: TV-L1 in this process)")
     add_threads(p)
     p.add_argument("--chunk-frames", type=positive_int, default=CHUNK_FRAMES,
                    help="frames per engine step (default %(default)s; bounds memory; does not change the result)")
@@ -422,26 +479,49 @@ def main(argv: list[str] | None = None) -> int:
     modes = [("rgb", args.load_model), ("flow", args.flow_model)] if args.mode == "both" else [(args.mode, args.load_model)]
     paths = {mode: weights.resolve_weights(name) for mode, name in modes}  # a weights typo: one line too
     device = start(args)
+    # flow from video files on the CPU: both streams from one decode, TV-L1 on every core
+    engine = args.input is not None and args.mode != "rgb" and device.type == "cpu"
+    args.flow_workers = (args.workers if args.workers is not None else default_flow_workers()) if engine else 0
     if args.workers is None:
         # TV-L1 from video files runs where decoding does: a worker process, not the network's threads
         flow_from_videos = args.mode in ("flow", "both") and args.input is not None
         args.workers = max(default_workers(), 1 if flow_from_videos else 0)
     if args.threads or (device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ):
-        torch.set_num_threads(args.threads or compute_threads(args.workers))
+        torch.set_num_threads(args.threads or compute_threads(args.flow_workers if engine else args.workers))
     mine = shard(sources, k, n)
     check_rates(mine, args.fps)
     tag = f"-{k}-of-{n}" if n > 1 else ""
     log.info("shard %d/%d: %d of %d videos", k, n, len(mine), len(sources))
+    files = [s for s in mine if s.layout == "file"] if engine else []
+    others = [s for s in mine if s.layout != "file"] if engine else mine
+    # started before the models are loaded: the forked workers do not carry them
+    workers = FlowWorkers(args.flow_workers, args.flow_jpeg, args.keep_flow is not None) if files else None
+    try:
+        return _extract_all(args, paths, modes, mine, files, others, device, tag, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _extract_all(args: argparse.Namespace, paths: dict, modes: list, mine: list[VideoSource], files: list[VideoSource],
+                 others: list[VideoSource], device: torch.device, tag: str, workers: FlowWorkers | None) -> int:
     models, recipes = {}, {}
     for mode, path in paths.items():  # both loaded first: wrong weights stop the run before anything is written
         model = weights.load_model(path, mode=mode, final_endpoint=args.endpoint, device=device)
         models[mode] = model.for_inference(precision=args.precision, device=device)
         recipes[mode] = recipe(args, mode, weights.file_sha256(path))
         del model  # the plain copy is not used again
-    failures: list[tuple[str, str]] = []
+    fails_of: dict[str, list[tuple[str, str]]] = {mode: [] for mode, _ in modes}
     for mode, _ in modes:
+        if others or not files:
+            out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
+            fails_of[mode] += extract_videos(args, models[mode], others, mode, out_dir, device, tag, recipes[mode])[1]
+    if files:
+        for mode, fails in extract_from_videos(args, models, files, device, tag, recipes, workers).items():
+            fails_of[mode] += fails
+    failures: list[tuple[str, str]] = []
+    for mode, fails in fails_of.items():
         out_dir = args.save_dir / mode if args.mode == "both" else args.save_dir
-        _, fails = extract_videos(args, models.pop(mode), mine, mode, out_dir, device, tag, recipes[mode])
         failures += [(f"{mode}:{key}" if args.mode == "both" else key, msg) for key, msg in fails]
         failures_file = out_dir / f"failures{tag}.txt"
         if fails:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -30,9 +31,10 @@ import weights as weights_mod
 from errors import FrameError, UserError
 from cli import (add_device, add_precision, add_resize_crop, add_verbosity, apply_recorded, keep_freed_memory,
                  positive_int, progress, run_main, start)
-from streaming import stream_logits
+from streaming import LengthMismatch, VideoStream, stream_logits
 from tvl1 import iter_video_flow
 from video_datasets import read_recipe
+from video_sources import FlowWorkers, VideoSource, default_flow_workers, two_stream_items
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -80,6 +82,35 @@ def video_logits(model: torch.nn.Module, frames: Callable[[], Iterable[np.ndarra
     iterator; `total` is the expected frame count the engine is built for: if the stream has
     another, it is read again with the true count)."""
     return stream_logits(model, frames, device, total=total).mean(dim=1)
+
+
+def two_stream_logits(rgb_model: torch.nn.Module, flow_model: torch.nn.Module, source: Path, resize: int | None,
+                      crop: int, device: torch.device, workers: FlowWorkers) -> torch.Tensor:
+    """RGB + flow time-averaged logits of a video file, decoded once: TV-L1 on `workers` while
+    this process runs both networks (video_sources.two_stream_items); the same frames as
+    rgb_clips and computed_flow_frames, so the same logits."""
+    def rgb_frame(f: np.ndarray) -> np.ndarray:
+        return frame_io.center_crop(frame_io.resize_for_mode(f, resize, "rgb"), crop)
+
+    def gray_frame(f: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(frame_io.resize_for_mode(f, resize, "rgb"), cv2.COLOR_RGB2GRAY)
+
+    total = frame_count(source)
+    if not total:
+        raise FrameError(f"{source}: no frames")
+    streams = {"rgb": VideoStream(rgb_model, total, device, out="logits", mode="rgb"),
+               "flow": VideoStream(flow_model, total, device, out="logits", mode="flow")}
+    items = two_stream_items([(VideoSource(key=source.stem, layout="file", path=str(source)), ("rgb", "flow"))],
+                             workers, rgb_frame, gray_frame, lambda f: frame_io.center_crop(f, crop))
+    for mode, item in items:
+        if item["error"] is not None:
+            raise FrameError(item["error"])
+        streams[mode].push(item["frames"].numpy())
+    try:
+        return sum(streams[m].finish()[0].mean(dim=1) for m in ("rgb", "flow"))
+    except LengthMismatch:  # the container's frame count was wrong (rare): each stream read again
+        return (video_logits(rgb_model, lambda: rgb_clips(source, resize, crop), None, device)
+                + video_logits(flow_model, lambda: computed_flow_frames(source, resize, crop, device), None, device))
 
 
 def frame_count(source: Path) -> int | None:
@@ -169,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     resize, crop, size_from = input_size(args)
     log.info("input: smaller side %s, center crop %d (%s)", "by the Charades rule" if resize is None else resize,
              crop, "--resize/--crop" if args.resize is not None and args.crop is not None else size_from)
+    # two-stream from video files on the CPU: decoded once, TV-L1 on every core beside the networks
+    # (the workers start before the models are loaded: they do not carry them)
+    workers = None
+    if args.flow_weights is not None and not args.flow_input and device.type == "cpu" \
+            and any(not p.is_dir() for p in args.inputs):
+        workers = FlowWorkers(default_flow_workers())
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers.workers))
     rgb_model = build_model(args.weights, "rgb", device, args.precision)
     flow_model = build_model(args.flow_weights, "flow", device, args.precision) if args.flow_weights else None
     if flow_model is not None and flow_model.num_classes != rgb_model.num_classes:
@@ -182,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     for i, source in enumerate(args.inputs):
         progress(i, len(args.inputs), "inputs classified" + shown, resumes=False)  # what a stop says
         try:
-            logits = video_logits(rgb_model, lambda: rgb_clips(source, resize, crop),
-                                  frame_count(source), device)
-            if flow_model is not None:
+            if workers is not None and not source.is_dir():
+                logits = two_stream_logits(rgb_model, flow_model, source, resize, crop, device, workers)
+            else:
+                logits = video_logits(rgb_model, lambda: rgb_clips(source, resize, crop),
+                                      frame_count(source), device)
+            if flow_model is not None and (workers is None or source.is_dir()):
                 if args.flow_input:
                     folder = args.flow_input[i]
                     flow = lambda: flow_frames(folder, resize, crop)  # noqa: E731
@@ -206,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             print("Top classes and probabilities")
             for t in result["top"]:
                 print(f"{t['prob']:e} {t['logit']:.2f} {t['label']}")
+    if workers is not None:  # (on an exception they end with this process: runtime.worker_init)
+        workers.close()
     if args.json:
         print(json.dumps(results, indent=2))
     if failures:

@@ -392,6 +392,21 @@ def encode_flow_jpeg(x_u8: np.ndarray, y_u8: np.ndarray, quality: int = JPEG_QUA
     return out[0], out[1]
 
 
+def encode_flow(flow: np.ndarray, jpeg: bool = True, files: bool = False) -> tuple[np.ndarray, tuple[bytes, bytes] | None]:
+    """One (H, W, 2) float flow frame as dense_flow.py stores it and its readers get it back:
+    (uint8 (H, W, 2) x/y: 8-bit, and with jpeg its JPEG files decoded again; the JPEG bytes of
+    x and y when `files`, else None). The one home of the stored-flow rule for flow computed on
+    the fly (iter_video_flow, video_sources.FlowWorkers)."""
+    x, y = flow_to_uint8(flow)
+    if not (jpeg or files):
+        return np.stack([x, y], axis=-1), None
+    bx, by = encode_flow_jpeg(x, y)
+    if jpeg:
+        x = cv2.imdecode(np.frombuffer(bx, np.uint8), cv2.IMREAD_GRAYSCALE)
+        y = cv2.imdecode(np.frombuffer(by, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return np.stack([x, y], axis=-1), ((bx, by) if files else None)
+
+
 def iter_video_flow(gray_frames: Iterable[np.ndarray], device: str | torch.device = "cpu", batch: int = 8,
                     compile_step: bool | None = None, jpeg: bool = True,
                     keep: Callable[[int, bytes, bytes], None] | None = None) -> Iterator[np.ndarray]:
@@ -409,17 +424,12 @@ def iter_video_flow(gray_frames: Iterable[np.ndarray], device: str | torch.devic
     def emit(flows: np.ndarray):
         nonlocal n, last
         for fl in flows:
-            x, y = flow_to_uint8(fl)
-            if jpeg or keep is not None:
-                bx, by = encode_flow_jpeg(x, y)
-                if keep is not None:
-                    keep(n + 1, bx, by)
-                if jpeg:
-                    x = cv2.imdecode(np.frombuffer(bx, np.uint8), cv2.IMREAD_GRAYSCALE)
-                    y = cv2.imdecode(np.frombuffer(by, np.uint8), cv2.IMREAD_GRAYSCALE)
+            frame, files = encode_flow(fl, jpeg, keep is not None)
+            if keep is not None:
+                keep(n + 1, *files)
             n += 1
-            last = (np.stack([x, y], axis=-1), fl)
-            yield last[0]
+            last = (frame, fl)
+            yield frame
 
     for frame in gray_frames:
         buf.append(frame)

@@ -9,15 +9,23 @@ Frame reading is frame_io's (the same as charades_dataset.py): Charades frame fo
 
 A video that cannot be read yields one item with `error` set; the others go on.
 
+Flow and RGB of video files (two_stream_items, FlowWorkers): each video decoded once in this
+process, its frame pairs solved by TV-L1 worker processes in runs of a few pairs, RGB items
+yielded at once and flow items as their jobs come back, in order: the networks run while the
+workers solve, and the flow is exactly dense_flow.py's stored flow.
+
 Which videos: charades_sources (-root / -split) and input_sources (--input files, folders, lists).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing as mp
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -26,6 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import atomic_io
 import frame_io
+import runtime
 import tvl1
 from charades_dataset import read_annotations
 from errors import FrameError, UserError
@@ -191,6 +200,239 @@ class StreamingVideoDataset(IterableDataset):
                                     self.fps, self.flow):
                 item["index"] = i
                 yield item
+
+
+# ----------------------------------------------------------------------------------------------
+# Both streams from one decode, TV-L1 on every core (extract_features.py -mode both/flow --input,
+# predict.py's two-stream prediction of a video file)
+# ----------------------------------------------------------------------------------------------
+
+FLOW_JOB_PAIRS = 4  # frame pairs per worker job: small, so a video's last job keeps no core waiting long
+BOTH_PIECE_FRAMES = 16  # frames per item: the network runs in small steps between feeding the workers
+
+
+def default_flow_workers() -> int:
+    """TV-L1 processes for flow from video files, beside the process that decodes and runs the
+    networks: every core but that process's share (the networks of -mode both take about a
+    sixth of its CPU time on 2 cores; the rule for many cores is not measured)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores - cores // 6)
+
+
+def _flow_worker_start() -> None:
+    runtime.worker_init()
+    # one thread per worker, as dense_flow.py's: the same float sums, so the same flow files
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _flow_job(grays: np.ndarray, jpeg: bool, files: bool, compile_step: bool) -> tuple:
+    """A worker's job: the stored flow frames of the len(grays) - 1 consecutive pairs of grays,
+    (uint8 (k, H, W, 2), [(x, y) JPEG bytes] or None, None), or (None, None, error)."""
+    try:
+        flows = tvl1.compute_flow(grays, device="cpu", batch=len(grays) - 1, compile_step=compile_step)
+        out = [tvl1.encode_flow(fl, jpeg, files) for fl in flows]
+        return np.stack([frame for frame, _ in out]), ([b for _, b in out] if files else None), None
+    except Exception as e:  # handed to the parent: the video fails, the others go on
+        return None, None, f"TV-L1 failed: {e.__class__.__name__}: {e}"
+
+
+class _Done:
+    """The result of a job run in this process (FlowWorkers(0)), with AsyncResult's API."""
+
+    def __init__(self, value: tuple):
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> tuple:
+        return self.value
+
+
+class FlowWorkers:
+    """TV-L1 flow (CPU) on `workers` processes started once for the run (0: in this process): runs
+    of FLOW_JOB_PAIRS consecutive frame pairs go out as jobs (a pair is solved on its own, so
+    the flow does not depend on the split), the results come back as dense_flow.py's stored
+    flow (tvl1.encode_flow), the JPEG bytes too with files=True. Each worker runs
+    runtime.worker_init and one thread, as dense_flow.py's."""
+
+    def __init__(self, workers: int, jpeg: bool = True, files: bool = False):
+        self.workers, self.jpeg, self.files = max(0, workers), jpeg, files
+        self.compile_step = tvl1.compile_available(torch.device("cpu"))  # before forking: the workers inherit it
+        self.pool = None
+        if self.workers:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            self.pool = ctx.Pool(self.workers, initializer=_flow_worker_start)
+
+    def submit(self, grays: np.ndarray):
+        args = (grays, self.jpeg, self.files, self.compile_step)
+        if self.pool is not None:
+            return self.pool.apply_async(_flow_job, args)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a worker: the same float sums as dense_flow.py
+        try:
+            return _Done(_flow_job(*args))
+        finally:
+            torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self) -> "FlowWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class _Flight:
+    """A video whose flow is still being computed."""
+    index: int
+    src: VideoSource
+    base: dict
+    sent: int = 0  # flow frames yielded so far
+    failed: bool = False
+    last: tuple | None = None  # the last flow frame (and its JPEG bytes): frame N repeats it
+    keep: contextlib.ExitStack | None = None
+    keep_tmp: Path | None = None
+
+
+def two_stream_items(videos: list[tuple[VideoSource, tuple[str, ...]]], workers: FlowWorkers,
+                     rgb_frame: Callable[[np.ndarray], np.ndarray], gray_frame: Callable[[np.ndarray], np.ndarray],
+                     flow_frame: Callable[[np.ndarray], np.ndarray], fps: float | None = None,
+                     keep_dir: str | Path | None = None,
+                     piece_frames: int = BOTH_PIECE_FRAMES) -> Iterator[tuple[str, dict]]:
+    """(mode, item) for video files: each video decoded once, in this process, for the streams
+    its `modes` name ('rgb', 'flow'); items as iter_pieces' plus `index` (the video's place in
+    `videos`). rgb_frame(frame) is an RGB frame for the network; gray_frame(frame) the
+    grayscale frame TV-L1 runs on; flow_frame(flow) a stored flow frame (H, W, 2) for the
+    network. The pairs go to `workers` while this process runs the network on what it yields
+    (RGB ahead, flow as it comes back, in order); videos follow each other without a pause for
+    the last pairs. A video that cannot be decoded yields an error item for each stream; a
+    failed flow job an error item for its flow. keep_dir: also KEEP/KEY/VID-000001x.jpg, as
+    dense_flow.py writes them, renamed into place when the video's flow is complete."""
+    flights: deque = deque()  # (flight, job result or None at the end of a video's frames)
+    limit = 2 * max(1, workers.workers) + 1  # jobs in flight: every worker busy, memory bounded
+
+    def item(flight: _Flight, frames: list[np.ndarray], start: int, **kw) -> dict:
+        stacked = torch.from_numpy(np.stack([f if f.ndim == 3 else f[..., None] for f in frames])) if frames \
+            else torch.empty(0, dtype=torch.uint8)
+        return {**flight.base, "start": start, "frames": stacked, **kw}
+
+    def fail(flight: _Flight, msg: str) -> dict:
+        flight.failed = True
+        if flight.keep is not None:
+            flight.keep.__exit__(FrameError, FrameError(msg), None)  # the kept frames' temporary folder goes
+        return {**flight.base, "last": True, "count": flight.sent, "error": msg, "frames": torch.empty(0, dtype=torch.uint8)}
+
+    def out(flight: _Flight, result, end: dict | None) -> Iterator[tuple[str, dict]]:
+        if flight.failed:
+            return
+        if end is not None:  # all of the video's pairs are in
+            if end["error"] is not None:
+                yield "flow", fail(flight, end["error"])
+                return
+            if flight.last is None:
+                yield "flow", fail(flight, f"{flight.src.path}: fewer than two frames, no flow")
+                return
+            frame, files = flight.last  # frame N repeats flow N-1, as dense_flow.py writes it
+            if flight.keep is not None:
+                _keep_flow(flight, flight.sent + 1, files)
+                flight.keep.close()  # renamed into place
+            yield "flow", item(flight, [flow_frame(frame)], flight.sent, last=True, count=flight.sent + 1)
+            return
+        frames, files, error = result.get()
+        if error is not None:
+            yield "flow", fail(flight, f"{flight.src.path}: {error}")
+            return
+        if keep_dir is not None:
+            if flight.keep is None:
+                flight.keep = contextlib.ExitStack()
+                flight.keep_tmp = flight.keep.enter_context(atomic_io.atomic_dir(Path(keep_dir) / flight.src.key))
+            for k, b in enumerate(files):
+                _keep_flow(flight, flight.sent + k + 1, b)
+        flight.last = (frames[-1], files[-1] if files else None)
+        yield "flow", item(flight, [flow_frame(f) for f in frames], flight.sent)
+        flight.sent += len(frames)
+
+    def pop(wait: bool) -> Iterator[tuple[str, dict]]:
+        """The flow items whose jobs are done, in order; with wait, at least the oldest."""
+        while flights and (wait or flights[0][1] is None or flights[0][1].ready()):
+            flight, result, end = flights.popleft()
+            wait = False
+            yield from out(flight, result, end)
+
+    try:
+        for index, (src, modes) in enumerate(videos):
+            base = {"key": src.key, "index": index, "start": 0, "total": 0, "fps": math.nan, "last": False,
+                    "count": 0, "error": None}
+            flight = _Flight(index, src, base)
+            rgb, grays, count, error = [], [], 0, None
+            frames: Iterator[np.ndarray] = iter(())
+            try:
+                total, rate, frames = open_video(src, "rgb", 0, 0, fps)  # the decoded frames, unchanged
+                base.update(total=total, fps=rate)
+            except Exception as e:
+                error = _video_error(src, e)
+            while error is None:
+                job = piece = None
+                try:  # decoding and conversion only: a failure here is this video's
+                    f = next(frames, None)
+                    if f is None:
+                        if count == 0:
+                            raise FrameError(f"{src.path}: no frames decoded")
+                        break
+                    if "flow" in modes:
+                        grays.append(gray_frame(f))
+                        if len(grays) == FLOW_JOB_PAIRS + 1:
+                            job, grays = np.stack(grays), grays[-1:]
+                    if "rgb" in modes:
+                        rgb.append(rgb_frame(f))
+                        if len(rgb) == piece_frames:
+                            piece, rgb = item(flight, rgb, count + 1 - len(rgb)), []
+                    count += 1
+                except Exception as e:
+                    error = _video_error(src, e)
+                    break
+                if job is not None:
+                    flights.append((flight, workers.submit(job), None))
+                    yield from pop(len(flights) >= limit)
+                if piece is not None:
+                    yield "rgb", piece
+            if "rgb" in modes:
+                try:
+                    last = item(flight, rgb, count - len(rgb), last=True, count=count) if error is None else None
+                except Exception as e:
+                    error = _video_error(src, e)
+                yield "rgb", last if error is None else {**base, "last": True, "count": count, "error": error,
+                                                         "frames": torch.empty(0, dtype=torch.uint8)}
+            if "flow" in modes:
+                if error is None and len(grays) >= 2:
+                    flights.append((flight, workers.submit(np.stack(grays)), None))
+                flights.append((flight, None, {"error": error}))
+                yield from pop(False)
+        while flights:
+            yield from pop(True)
+    finally:  # stopped early: the kept frames' temporary folders go
+        for flight, _, _ in flights:
+            if flight.keep is not None and not flight.failed:
+                flight.failed = True
+                flight.keep.__exit__(FrameError, FrameError("stopped"), None)
+
+
+def _video_error(src: VideoSource, e: Exception) -> str:
+    return str(e) if isinstance(e, FrameError) else f"{src.key}: {e.__class__.__name__}: {e}"
+
+
+def _keep_flow(flight: _Flight, index: int, files: tuple[bytes, bytes]) -> None:
+    vid = Path(flight.src.path).stem
+    for axis, data in zip("xy", files):
+        atomic_io.write_bytes_checked(flight.keep_tmp / frame_io.charades_frame_name(vid, index, axis), data)
 
 
 def charades_sources(root: Path, split: Path | None = None) -> list[VideoSource]:

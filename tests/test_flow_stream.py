@@ -23,6 +23,7 @@ import predict
 import synthetic_charades
 import tvl1
 from charades_dataset_full import input_sources
+from errors import FrameError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -197,3 +198,127 @@ def test_dense_flow_workers_split_one_video_same_files(tmp_path):
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     assert [p.name for p in (tmp_path / "w2").iterdir()] == ["clip"]  # no temporary folder left
+
+
+# ---- both streams from one decode, TV-L1 on worker processes (issue 20) ----
+
+def _stacked(items: list[tuple[str, dict]], mode: str) -> np.ndarray:
+    return np.concatenate([it["frames"].numpy() for m, it in items if m == mode])
+
+
+@pytest.mark.slow
+def test_flow_split_across_workers_equals_one_worker(tmp_path):
+    """1, 2 and 17 pairs (jobs of FLOW_JOB_PAIRS pairs do not divide them evenly): the flow of
+    two worker processes, and of this process, equals the single-worker path's (tvl1.iter_video_flow
+    in one DataLoader worker), and the RGB frames the per-stream path's."""
+    from video_sources import FLOW_JOB_PAIRS, FlowOptions, FlowWorkers, iter_pieces, two_stream_items
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the old path runs here: with one thread, as in its worker
+    try:
+        for n in (2, 3, 18):
+            assert (n - 1) % FLOW_JOB_PAIRS != 0 or n == 2
+            src = input_sources([write_video(tmp_path / f"v{n}.mp4", n)])[0]
+            old_flow = np.concatenate([p["frames"].numpy() for p in iter_pieces(src, "flow", 0, 0, flow=FlowOptions(resize=0))])
+            old_rgb = np.concatenate([p["frames"].numpy() for p in iter_pieces(src, "rgb", 0, 0)])
+            assert old_flow.shape == (n, 48, 64, 2) and old_rgb.shape == (n, 48, 64, 3)
+            for workers in (2, 0):
+                with FlowWorkers(workers) as w:
+                    items = list(two_stream_items([(src, ("rgb", "flow"))], w, lambda f: f,
+                                                  lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), lambda f: f,
+                                                  piece_frames=5))
+                np.testing.assert_array_equal(_stacked(items, "flow"), old_flow, err_msg=f"{n} frames, {workers}")
+                np.testing.assert_array_equal(_stacked(items, "rgb"), old_rgb)
+                for mode in ("rgb", "flow"):
+                    ends = [it for m, it in items if m == mode and it["last"]]
+                    assert len(ends) == 1 and ends[0]["count"] == n and ends[0]["error"] is None
+                    assert [it["start"] for m, it in items if m == mode] == sorted(
+                        it["start"] for m, it in items if m == mode)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_parallel_two_stream_equals_two_step_and_old_path(tmp_path, weights):
+    """-mode both on 2 TV-L1 processes: the features equal the two-step path's (dense_flow.py,
+    then -mode flow -root) and the single-worker path's, difference 0.0."""
+    video = write_video(tmp_path / "clip.mp4", 19)
+    assert dense_flow.main([str(video), "-o", str(tmp_path / "df"), "--resize", "0", "--workers", "1"]) == 0
+    opts = ["--resize", "0", "--crop", "0", "-q"]
+    assert ef.main(["-mode", "flow", "-load_model", weights["flow"], "-root", str(tmp_path / "df"),
+                    "-save_dir", str(tmp_path / "two"), *opts, "--workers", "0"]) == 0
+    assert ef.main(["-mode", "rgb", "-load_model", weights["rgb"], "--input", str(video),
+                    "-save_dir", str(tmp_path / "two_rgb"), *opts, "--workers", "0"]) == 0
+    assert ef.main(["-mode", "both", "-load_model", weights["rgb"], "--flow-model", weights["flow"], "--input",
+                    str(video), "-save_dir", str(tmp_path / "one"), "--flow-resize", "0", *opts,
+                    "--workers", "2"]) == 0
+    flow, rgb = np.load(tmp_path / "one" / "flow" / "clip.npy"), np.load(tmp_path / "one" / "rgb" / "clip.npy")
+    assert flow.shape == rgb.shape == (2, 1, 1, 1024)
+    np.testing.assert_array_equal(flow, np.load(tmp_path / "two" / "clip.npy"))
+    np.testing.assert_array_equal(rgb, np.load(tmp_path / "two_rgb" / "clip.npy"))
+    # the single-worker path (a DataLoader worker running tvl1.iter_video_flow), still behind extract_videos
+    args = ef.parse_args(["-mode", "flow", "-load_model", weights["flow"], "--input", str(video), "-save_dir",
+                          str(tmp_path / "old"), "--flow-resize", "0", *opts, "--workers", "1"])
+    model = ef.weights.load_model(weights["flow"], mode="flow").for_inference(precision="fp32")
+    done, fails = ef.extract_videos(args, model, input_sources([video]), "flow", tmp_path / "old",
+                                    torch.device("cpu"), "", ef.recipe(args, "flow", ""))
+    assert (done, fails) == (1, [])
+    np.testing.assert_array_equal(flow, np.load(tmp_path / "old" / "clip.npy"))
+
+
+@pytest.mark.slow
+def test_flow_worker_error_skips_the_video_in_one_line(tmp_path, weights, monkeypatch, caplog):
+    """TV-L1 failing in a worker on a frame in the middle of one video (here: any frame that is
+    all white, standing for a corrupt one): that video's flow fails with one line naming it,
+    nothing of its flow is written (no kept frames, no temporaries), the other video is done,
+    exit status 1."""
+    import video_sources
+
+    real = video_sources.tvl1.compute_flow
+
+    def failing(frames, **kw):
+        if (np.asarray(frames).mean(axis=(1, 2)) > 250).any():
+            raise FrameError("corrupt frame")
+        return real(frames, **kw)
+    monkeypatch.setattr(video_sources.tvl1, "compute_flow", failing)  # inherited by the forked workers
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "good.mp4", 14)
+    values = [40 + 5 * i for i in range(14)]
+    values[9] = 255
+    write_video(tmp_path / "in" / "bad.avi", 14, fourcc="MJPG", values=values)
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    with caplog.at_level(logging.ERROR):
+        code = ef.main(["-mode", "both", "-load_model", weights["rgb"], "--flow-model", weights["flow"], "--input",
+                        str(tmp_path / "in"), "-save_dir", str(out), "--flow-resize", "0", "--keep-flow", str(kept),
+                        "--resize", "0", "--crop", "0", "-q", "--workers", "2"])
+    assert code == 1
+    assert (out / "flow" / "good.npy").is_file() and (out / "rgb" / "good.npy").is_file()
+    assert not (out / "flow" / "bad.npy").exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "bad.avi" in r.getMessage()]
+    assert errors and all(e.count("\n") == 0 and "corrupt frame" in e for e in errors), errors
+    assert [line.split("\t")[0] for line in (out / "flow" / "failures.txt").read_text().splitlines()] == ["bad"]
+    assert sorted(p.name for p in kept.iterdir()) == ["good"]  # bad's kept frames removed with their temporary
+
+
+@pytest.mark.slow
+def test_predict_two_stream_engine_equals_per_stream_path(tmp_path, weights):
+    """predict.py's two-stream logits of a video file from one decode (TV-L1 on 2 workers)
+    equal the per-stream path's (RGB, then flow computed on the fly), exactly."""
+    from video_sources import FlowWorkers
+
+    video = write_video(tmp_path / "clip.mp4", 11)
+    rgb_model = predict.build_model(Path(weights["rgb"]), "rgb", torch.device("cpu"), "fp32")
+    flow_model = predict.build_model(Path(weights["flow"]), "flow", torch.device("cpu"), "fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with FlowWorkers(2) as w:
+            engine = predict.two_stream_logits(rgb_model, flow_model, video, 0, 32, torch.device("cpu"), w)
+        per_stream = (predict.video_logits(rgb_model, lambda: predict.rgb_clips(video, 0, 32), 11, torch.device("cpu"))
+                      + predict.video_logits(flow_model, lambda: predict.computed_flow_frames(video, 0, 32,
+                                                                                             torch.device("cpu")),
+                                             11, torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    assert engine.shape == (157,)
+    assert torch.equal(engine, per_stream)
