@@ -310,11 +310,17 @@ def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[Vi
 
         t0 = time.perf_counter()
         total = sum(len(ms) for _, ms in videos)
+        streams_left = {s.key: len(ms) for s, ms in videos}  # a video is done when all its streams are
+        done = len(sources) - len(videos)
+        progress(done, len(sources), "videos done")  # what a stop says
         with tqdm(total=total, unit="stream", desc="+".join(modes), disable=not total or args.quiet) as bar:
             for mode, item in two_stream_items(videos, workers, rgb_frame, gray_frame, flow_frame, args.fps,
                                                args.keep_flow):
                 if jobs[mode].take(item):
                     bar.update(1)
+                    streams_left[item["key"]] -= 1
+                    done += streams_left[item["key"]] == 0
+                    progress(done, len(sources), "videos done")
     finally:
         for store in stores.values():
             store.close()
