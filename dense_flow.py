@@ -46,12 +46,13 @@ import torch
 from tqdm import tqdm
 
 from errors import DiskFullError, FrameError, UserError
-from runtime import select_device, worker_init
+from runtime import select_device
 from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, progress, run_main, start
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
 from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
                       video_info, write_image)
-from tvl1 import METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8
+from tvl1 import (METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8,
+                  start_worker)
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +212,6 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"{out}: output folder cannot be written ({e.strerror or e})") from e
 
 
-def _init_worker(threads: int) -> None:
-    # ends with the job however it ends (PR_SET_PDEATHSIG: the pool's first workers are forked by
-    # the main thread, replacements by the pool's handler thread, which outlives every task);
-    # Ctrl-C is the parent's to handle, and pool.terminate()'s SIGTERM ends a worker quietly
-    worker_init()
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-
-
 def _job(args: tuple) -> tuple[str, int, str | None]:
     """One pool job: a whole video (src, kwargs), or a range of its pairs (src, kwargs, folder,
     start, stop). Returns (src, frames or range end, error)."""
@@ -321,7 +313,7 @@ def _start_pool(workers: int, jobs: list, device: torch.device, kwargs: dict, co
         if compile_step:
             kwargs["compile_step"] = compile_available(device)
         context = "fork"
-    return mp.get_context(context).Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(threads,))
+    return mp.get_context(context).Pool(min(workers, len(jobs)), initializer=start_worker, initargs=(threads,))
 
 
 def _finish_split(out: Path, src: str, v: dict) -> str | None:

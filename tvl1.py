@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import UserError
-from runtime import select_device
+from runtime import select_device, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,15 @@ def _tvl1_step_masked(u, px, py, grad_i, rho_c, inv_grad, active, l_t: float, th
     for the other's case)."""
     u_new, px_new, py_new, err = _tvl1_step(u, px, py, grad_i, rho_c, inv_grad, l_t, theta, taut)
     return (torch.where(active, u_new, u), torch.where(active, px_new, px), torch.where(active, py_new, py), err)
+
+
+def start_worker(threads: int = 1) -> None:
+    """The initializer of a TV-L1 worker process (dense_flow.py's pool, the on-the-fly flow's):
+    it ends with its job (runtime.worker_init) and solves on `threads` threads; at one thread
+    the float sums, hence the stored flow, are the same in every worker."""
+    worker_init()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
 
 _compiled: dict = {}

@@ -34,7 +34,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import atomic_io
 import frame_io
-import runtime
 import tvl1
 from charades_dataset import read_annotations
 from errors import FrameError, UserError
@@ -219,13 +218,6 @@ def default_flow_workers() -> int:
     return max(1, cores - cores // 6)
 
 
-def _flow_worker_start() -> None:
-    runtime.worker_init()
-    # one thread per worker, as dense_flow.py's: the same float sums, so the same flow files
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def _flow_job(grays: np.ndarray, jpeg: bool, files: bool, compile_step: bool) -> tuple:
     """A worker's job: the stored flow frames of the len(grays) - 1 consecutive pairs of grays,
     (uint8 (k, H, W, 2), [(x, y) JPEG bytes] or None, None), or (None, None, error)."""
@@ -255,7 +247,7 @@ class FlowWorkers:
     of FLOW_JOB_PAIRS consecutive frame pairs go out as jobs (a pair is solved on its own, so
     the flow does not depend on the split), the results come back as dense_flow.py's stored
     flow (tvl1.encode_flow), the JPEG bytes too with files=True. Each worker runs
-    runtime.worker_init and one thread, as dense_flow.py's."""
+    tvl1.start_worker: one thread, as dense_flow.py's."""
 
     def __init__(self, workers: int, jpeg: bool = True, files: bool = False):
         self.workers, self.jpeg, self.files = max(0, workers), jpeg, files
@@ -263,7 +255,7 @@ class FlowWorkers:
         self.pool = None
         if self.workers:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.pool = ctx.Pool(self.workers, initializer=_flow_worker_start)
+            self.pool = ctx.Pool(self.workers, initializer=tvl1.start_worker)
 
     def submit(self, grays: np.ndarray):
         args = (grays, self.jpeg, self.files, self.compile_step)
