@@ -91,3 +91,32 @@ def worker_init(_worker_id: int | None = None) -> None:
         inductor.compile_threads = 1  # and a compile waiting on the parent's (threadless here) pool would hang
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+_rank_forks = False  # rank_process registered its fork hooks
+
+
+def rank_process() -> None:
+    """What a torchrun rank calls first: it ends with torchrun's agent (its parent), however that
+    ended (die_with_parent), and every process it forks (its DataLoader workers) starts in a
+    process group of its own. The agent stops a rank by signalling the rank's whole group
+    (SIGTERM or SIGINT, SIGKILL 30 s later); a worker that got that SIGTERM would die under a
+    rank that is finishing its step and checkpointing, and fail it ("DataLoader worker ...
+    killed by signal"). The rank stops its workers itself, and they end with it (worker_init)."""
+    global _rank_forks
+    die_with_parent()
+    if not _rank_forks and hasattr(os, "register_at_fork"):  # POSIX; once per process
+        # stop signals blocked across the fork: one sent to the group before the child has left
+        # it stays pending there (the child drops it) and in the rank (handled after the fork)
+        os.register_at_fork(before=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS),
+                            after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS),
+                            after_in_child=_leave_rank_group)
+        _rank_forks = True
+
+
+def _leave_rank_group() -> None:
+    os.setpgid(0, 0)
+    for sig in _STOPS & signal.sigpending():  # sent to the rank's group: the rank's stop, not this process's
+        signal.signal(sig, signal.signal(sig, signal.SIG_IGN))  # ignoring a pending signal discards it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
