@@ -50,3 +50,13 @@ def descendants(pid: int) -> set[int]:
 def group(pgid: int) -> list[str]:
     """The live processes of process group `pgid`: 'PID command'."""
     return [f"{p} {pr.name}" for p, pr in sorted(table().items()) if pr.pgid == pgid]
+
+
+def workers(pid: int) -> list[int]:
+    """The live processes `pid` forked that still run its program: pool workers (named as their
+    parent) and DataLoader workers (pt_data_worker); not the helpers it ran (git)."""
+    procs = table()
+    if pid not in procs:
+        return []
+    names = {procs[pid].name, "pt_data_worker"}
+    return sorted(p for p, pr in procs.items() if pr.ppid == pid and pr.name in names)

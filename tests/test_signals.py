@@ -226,6 +226,55 @@ def test_extract_features_flow_worker_ends_when_the_job_is_killed(tmp_path, rand
     assert not r["left"], f"the TV-L1 worker outlived the job: {r['left']}"
 
 
+def _h5_contents(path: Path) -> dict:
+    """Every dataset of an HDF5 file: name -> (array, attributes)."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, (obj[()], dict(obj.attrs)))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+@pytest.mark.slow
+def test_extract_features_h5_stop_leaves_the_file_and_the_rerun_merges(tmp_path, random_i3d_file):
+    """A stop skips the HDF5 rebuild (it copies the whole file): features.h5 stays as it was, the
+    videos finished wait as their pending .npz, counted done, and the rerun merges them into
+    what a clean run writes."""
+    videos = _videos(tmp_path / "in", 6, 24)
+
+    def cmd(out: Path, vids: list[Path]) -> list:
+        return [ROOT / "extract_features.py", "-load_model", random_i3d_file(), "--input", *vids, "-save_dir", out,
+                "--format", "h5", "--resize", "0", "--crop", "32", "--workers", "0", "--device", "cpu", "-q"]
+
+    def run_to_end(out: Path) -> None:
+        r = subprocess.run([PY, *map(str, cmd(out, videos))], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    out, h5 = tmp_path / "feats", tmp_path / "feats" / "features.h5"
+    r = subprocess.run([PY, *map(str, cmd(out, videos[:2]))], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and h5.is_file(), r.stderr[-3000:]
+    before = h5.read_bytes(), h5.stat().st_mtime_ns
+    r = stop_job(tmp_path, cmd(out, videos), lambda pid: any((out / ".pending").glob("*.npz")), signal.SIGTERM)
+    line = assert_stopped(r, signal.SIGTERM, "extract_features.py", "rgb videos done", RESUME)
+    assert (h5.read_bytes(), h5.stat().st_mtime_ns) == before
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    pending = list((out / ".pending").glob("*.npz"))
+    counted = int(line.split(": ")[2].split()[0])  # a video saved in the last instant may not be counted yet
+    assert 1 <= len(pending) < 4 and 2 + len(pending) - 1 <= counted <= 2 + len(pending)
+    run_to_end(out)
+    run_to_end(tmp_path / "clean")
+    a, b = _h5_contents(tmp_path / "clean" / "features.h5"), _h5_contents(h5)
+    assert sorted(a) == sorted(b) == [f"v{i}" for i in range(6)]
+    for key, (array, attrs) in a.items():
+        assert np.array_equal(array, b[key][0]) and array.dtype == b[key][0].dtype, key
+        assert attrs.keys() == b[key][1].keys() and all(np.array_equal(v, b[key][1][k]) for k, v in attrs.items()), key
+    assert not (out / ".pending").exists()
+
+
 @pytest.mark.slow
 def test_predict_stops_cleanly(tmp_path, random_i3d_file):
     cmd = [ROOT / "predict.py", *_videos(tmp_path / "in", 5, 12), "--weights", random_i3d_file(num_classes=400),
@@ -415,3 +464,33 @@ def test_a_stop_swallowed_by_python_still_stops_the_job():
                        timeout=120)
     assert r.returncode == 143, r.stderr
     assert r.stderr == "-c: stopped by SIGTERM: 1 of 3 videos done; run the same command again to resume\n"
+
+
+_TWICE = r'''
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import cli
+from train_state import StopFlag
+
+def main():
+    cli.progress(3, 10, "steps checkpointed")
+    with StopFlag() as stop:  # as training runs: the first signal asks to stop after this step
+        os.kill(os.getpid(), {sig})
+        while not stop.set:
+            pass
+        os.kill(os.getpid(), {sig})  # the second stops at once, as that signal
+        for _ in range(10 ** 8):
+            pass
+    return 0
+
+cli.run_main(main)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,rc,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_second_signal_stops_training_as_that_signal(sig, rc, name):
+    r = subprocess.run([PY, "-c", _TWICE.format(root=str(ROOT), sig=int(sig))], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    assert r.returncode == rc, r.stderr
+    assert r.stderr == f"-c: stopped by {name}: 3 of 10 steps checkpointed; run the same command again to resume\n"
