@@ -44,7 +44,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from errors import FrameError, UserError
-from runtime import die_with_parent, select_device, worker_init
+from runtime import die_with_parent, iter_started, select_device, worker_init
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  progress as report_progress, run_main, start)  # `progress` is the progress-bar flag here
 from atomic_io import atomic_write, clean_stale_temps
@@ -386,7 +386,8 @@ class Extractor:
                     rows[i] = f
                 pending.clear()
 
-        bar = tqdm(loader, desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
+        bar = tqdm(iter_started(loader), total=len(loader),  # its workers fork there, stop signals blocked
+                   desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
                    unit="video", disable=not self.progress or self.rank != 0)
         report_progress(0, len(data), what := f"videos of {Path(str(spec)).name} read", resumes=False)  # if stopped
         for k, (i, name, tensor, err) in enumerate(bar, 1):

@@ -3,18 +3,21 @@ environment that torchrun sets, and the lifetime of worker processes (they end w
 that started them). Library code and jobs alike use these; neither parses flags."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
 from errors import UserError
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -82,6 +85,62 @@ def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 0.5) -> None:
         threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_forking = threading.local()  # .depth: this thread is inside stop_signals_blocked()
+
+
+def _worker_signals() -> None:
+    """A worker's stop signals: Ctrl-C ignored (the parent, which gets it too, stops the workers
+    itself; a worker prints no traceback), SIGTERM default (it ends the worker quietly); then
+    unblocked. A signal held back meanwhile (stop_signals_blocked) is then dropped (SIGINT) or
+    ends the worker (SIGTERM): never a KeyboardInterrupt in a worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _after_fork_in_child() -> None:
+    # a child forked inside stop_signals_blocked() is a worker: its handlers are set and its
+    # signals unblocked here, before any Python code of its own runs, so that none is left
+    # blocked (a worker whose initializer is not worker_init, a replacement worker, ...)
+    if getattr(_forking, "depth", 0):
+        _forking.depth = 0
+        _worker_signals()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Start worker processes inside this block. SIGINT and SIGTERM are blocked in this thread
+    (the OS holds them back) while it forks, and a forked child keeps them blocked until its
+    handlers are set (_worker_signals): a Ctrl-C that reaches a new worker before its
+    initializer ran no longer raises KeyboardInterrupt and prints a traceback there. This
+    process gets a signal that came meanwhile when the block ends (a Ctrl-C still stops the
+    job). Nothing that execs (subprocess) belongs inside: exec keeps a blocked mask."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, nothing to block
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    _forking.depth = getattr(_forking, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _forking.depth = max(0, _forking.depth - 1)  # (0 in a child forked inside: _after_fork_in_child)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending stop signal is delivered now
+
+
+def iter_started(loader: Iterable[T]) -> Iterator[T]:
+    """Iterate a DataLoader whose worker processes fork when it is iterated (iter(loader),
+    once per epoch), with stop signals blocked while they fork (stop_signals_blocked)."""
+    with stop_signals_blocked():
+        items = iter(loader)
+    yield from items
+
+
 def worker_init(_worker_id: int | None = None) -> None:
     """A worker_init_fn / pool initializer: end with the parent, and leave stop signals to
     the parent (it stops the workers itself; a worker prints no traceback on Ctrl-C)."""
@@ -89,5 +148,4 @@ def worker_init(_worker_id: int | None = None) -> None:
     inductor = sys.modules.get("torch._inductor.config")
     if inductor is not None:  # forked after the parent compiled: torch clears only its process pool at fork,
         inductor.compile_threads = 1  # and a compile waiting on the parent's (threadless here) pool would hang
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_signals()

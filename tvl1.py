@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import UserError
-from runtime import select_device, worker_init
+from runtime import select_device, stop_signals_blocked, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ def start_worker(threads: int = 1) -> None:
 def start_pool(processes: int, threads: int = 1, device: torch.device = torch.device("cpu"),
                compile_step: bool = True) -> tuple[multiprocessing.pool.Pool, bool]:
     """The one way to start TV-L1 worker processes (dense_flow.py's pool, the on-the-fly flow's
-    video_sources.FlowWorkers): `processes` workers running start_worker(threads). On CPU where
+    video_sources.FlowWorkers): `processes` workers running start_worker(threads), forked with
+    stop signals blocked (runtime.stop_signals_blocked). On CPU where
     the OS forks, this process compiles the step first (compile_step) and then forks, so the
     workers inherit the compiled kernels instead of each spending ~10 s of CPU loading them;
     elsewhere (CUDA, no fork) they are spawned and each compiles for itself. Returns (pool,
@@ -186,7 +187,15 @@ def start_pool(processes: int, threads: int = 1, device: torch.device = torch.de
     if device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
         compile_step = compile_step and compile_available(device)
         context = "fork"
-    pool = multiprocessing.get_context(context).Pool(processes, initializer=start_worker, initargs=(threads,))
+    pool = None
+    try:
+        with stop_signals_blocked():  # a Ctrl-C while the workers fork: no traceback in a worker
+            pool = multiprocessing.get_context(context).Pool(processes, initializer=start_worker, initargs=(threads,))
+    except BaseException:  # the stop that came while forking (raised as the block ends)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        raise
     return pool, compile_step
 
 

@@ -1,0 +1,96 @@
+"""Starting worker processes: the fork window (a Ctrl-C that reaches a worker before its
+initializer ran) and compiling in a forked worker."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork and signal masks")
+
+
+# Each worker is a multiprocessing "fork" Process, as a pool's or a DataLoader's, whose stop
+# signal comes before its initializer: the worker sends it to itself, so no race decides it.
+_WINDOW = r'''
+import json, multiprocessing as mp, os, signal, sys, threading
+sys.path.insert(0, {root!r})
+import runtime
+
+got = []
+
+def handler(signum, frame):  # this process's handler; a child inherits it until worker_init
+    got.append(signal.Signals(signum).name)
+    if os.getpid() != parent:
+        raise KeyboardInterrupt  # as a job's handler (cli.run_main) raises, in a worker it would
+
+parent = os.getpid()
+signal.signal(signal.SIGINT, handler)
+signal.signal(signal.SIGTERM, handler)
+STOP = {{signal.SIGINT, signal.SIGTERM}}
+
+def worker(init):
+    os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C to the whole group reaches it before its initializer
+    for _ in range(1000):  # room for a Python handler to run
+        pass
+    if init:
+        runtime.worker_init()
+    os._exit(3 if signal.pthread_sigmask(signal.SIG_BLOCK, []) & STOP else 0)  # 3: left blocked
+
+ctx = mp.get_context("fork")
+go, late = threading.Event(), []
+
+def replacement():  # a pool's worker handler thread, started with the pool, forks a new worker later
+    go.wait()
+    p = ctx.Process(target=worker, args=(True,))
+    p.start()
+    p.join()
+    late.append(p.exitcode)
+
+with runtime.stop_signals_blocked():
+    os.kill(os.getpid(), signal.SIGINT)  # this process's copy of the Ctrl-C, and a SIGTERM
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # room for a handler to run (it must not)
+        pass
+    held = not got
+    first = ctx.Process(target=worker, args=(True,))  # calls worker_init
+    first.start()
+    bare = ctx.Process(target=worker, args=(False,))  # never calls worker_init
+    bare.start()
+    thread = threading.Thread(target=replacement)  # its signals are blocked from the start
+    thread.start()
+for _ in range(1000):
+    pass
+go.set()
+thread.join()
+first.join()
+bare.join()
+after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+print(json.dumps(dict(held=held, got=sorted(got), first=first.exitcode, bare=bare.exitcode, late=late[0],
+                      parent_blocked=sorted(int(s) for s in after & STOP))))
+'''
+
+
+@needs_fork
+def test_a_stop_signal_in_the_fork_window_prints_no_traceback_and_still_stops_the_job():
+    """Inside runtime.stop_signals_blocked: a Ctrl-C that reaches a freshly forked worker before
+    its initializer is held back and then dropped (worker_init), so the worker prints nothing
+    and ends cleanly, with its stop signals unblocked; so does a worker that never calls
+    worker_init, and one forked later by a thread started in the block (a pool's replacement
+    worker). The parent's own Ctrl-C / SIGTERM are held during the block and delivered when
+    it ends, so the job still stops."""
+    r = subprocess.run([PY, "-c", _WINDOW.format(root=str(ROOT))], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    assert out["held"], out  # no handler ran inside the block
+    assert out["got"] == ["SIGINT", "SIGTERM"], out  # both ran right after it
+    assert (out["first"], out["bare"], out["late"]) == (0, 0, 0), out  # 3 = left blocked, 1 = a traceback
+    assert out["parent_blocked"] == [], out
