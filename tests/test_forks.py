@@ -94,3 +94,40 @@ def test_a_stop_signal_in_the_fork_window_prints_no_traceback_and_still_stops_th
     assert out["got"] == ["SIGINT", "SIGTERM"], out  # both ran right after it
     assert (out["first"], out["bare"], out["late"]) == (0, 0, 0), out  # 3 = left blocked, 1 = a traceback
     assert out["parent_blocked"] == [], out
+
+
+@needs_fork
+@pytest.mark.slow  # compiles the TV-L1 kernels from an empty cache: about a minute on 2 cores
+def test_dense_flow_workers_compile_frame_sizes_the_parent_did_not(tmp_path):
+    """dense_flow.py with its default flags (compile on) over videos of two frame sizes, two
+    pool workers, an empty inductor cache: the workers, forked after the parent compiled the
+    step for its one trial size, compile the sizes of the videos themselves. Without
+    runtime.worker_init's compile_threads = 1 each waited forever on a future of inductor's
+    compile thread pool, copied from the parent without its threads (reproduced: 0 of 6
+    videos after minutes). The timeout turns such a hang into a failure."""
+    import cv2
+    import numpy as np
+    import synthetic_charades
+
+    videos = [synthetic_charades.make_video_file(tmp_path / f"{k}{i}.mp4", 6, h, w, seed=i)
+              for k, (h, w) in (("a", (64, 80)), ("b", (48, 64))) for i in range(3)]
+    out = tmp_path / "out"
+    env = {**ENV, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled yet
+    proc = subprocess.Popen([PY, str(ROOT / "dense_flow.py"), *map(str, videos), "-o", str(out), "--resize", "0",
+                             "--workers", "2", "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        done = len(list(out.glob("*/.dense_flow.done")))
+        pytest.fail(f"dense_flow.py hung: {done} of {len(videos)} videos done after 420 s")
+    assert proc.returncode == 0 and "eager" not in err and "Traceback" not in err, err
+    for v in videos:  # every video complete, and its flow the videos' motion: 2 px right, 1 px down
+        folder = out / v.stem
+        assert json.loads((folder / ".dense_flow.done").read_text())["flow_frames"] == 6
+        for axis, px in (("x", 2.0), ("y", 1.0)):
+            planes = np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(folder.glob(f"*{axis}.jpg"))])
+            flow = np.median(planes[:, 8:-8, 8:-8]) * 40 / 255 - 20  # the 8-bit encoding, inverted
+            assert abs(flow - px) < 0.25, (v.name, axis, flow)
