@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -95,6 +99,28 @@ def test_a_stop_signal_in_the_fork_window_prints_no_traceback_and_still_stops_th
     assert (out["first"], out["bare"], out["late"]) == (0, 0, 0), out  # 3 = left blocked, 1 = a traceback
     assert out["parent_blocked"] == [], out
 
+
+
+
+class _WorkerSignals(torch.utils.data.IterableDataset):
+    """One item: what its DataLoader worker starts with (the SIGINT handler, the stop signals
+    blocked)."""
+
+    def __iter__(self):
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
+        yield str(signal.getsignal(signal.SIGINT)), sorted(int(s) for s in blocked)
+
+
+@needs_fork
+def test_dataloader_workers_forked_by_iter_started_start_with_the_workers_handlers():
+    """runtime.iter_started (extract_features.py, fvd.py, train_i3d.py) forks a DataLoader's
+    workers inside stop_signals_blocked: a worker starts with Ctrl-C ignored and nothing left
+    blocked, before any code of its own (here no worker_init_fn at all); a plain iteration's
+    worker starts with this process's handler, which a Ctrl-C would run there."""
+    loader = torch.utils.data.DataLoader(_WorkerSignals(), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork")
+    assert list(runtime.iter_started(loader)) == [[str(signal.SIG_IGN), []]]
+    assert list(loader) == [[str(signal.getsignal(signal.SIGINT)), []]]
 
 @needs_fork
 @pytest.mark.slow  # compiles the TV-L1 kernels from an empty cache: about a minute on 2 cores
