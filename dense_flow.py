@@ -374,8 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)
     jobs, split = plan_jobs(todo, workers, device, kwargs, out)
-    pool = _start_pool(workers, jobs, device, kwargs, compile_step) if workers > 1 and len(jobs) > 1 else None
-    try:
+    pool = None
+    try:  # (a stop while the pool compiles or forks leaves no split video's temporaries either)
+        if workers > 1 and len(jobs) > 1:
+            pool = _start_pool(workers, jobs, device, kwargs, compile_step)
         results = pool.imap_unordered(_job, jobs) if pool is not None else map(_job, jobs)
         failures = collect(results, split, out, len(todo), args.quiet, len(inputs) - len(todo))
     finally:
