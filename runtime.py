@@ -1,6 +1,7 @@
 """Where the work runs: the device (cuda if there is one, else the CPU) and the distributed
 environment that torchrun sets, and the lifetime of worker processes (they end with the job
-that started them). Library code and jobs alike use these; neither parses flags."""
+that started them) and their stop signals (held back while they fork). Library code and jobs
+alike use these; neither parses flags."""
 from __future__ import annotations
 
 import contextlib
@@ -120,7 +121,8 @@ def stop_signals_blocked() -> Iterator[None]:
     handlers are set (_worker_signals): a Ctrl-C that reaches a new worker before its
     initializer ran no longer raises KeyboardInterrupt and prints a traceback there. This
     process gets a signal that came meanwhile when the block ends (a Ctrl-C still stops the
-    job). Nothing that execs (subprocess) belongs inside: exec keeps a blocked mask."""
+    job). A child that execs keeps the mask until it unblocks itself (a spawned worker does, in
+    worker_init): start nothing else inside (a compile's g++, a subprocess)."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, nothing to block
         yield
         return
@@ -142,10 +144,12 @@ def iter_started(loader: Iterable[T]) -> Iterator[T]:
 
 
 def worker_init(_worker_id: int | None = None) -> None:
-    """A worker_init_fn / pool initializer: end with the parent, and leave stop signals to
-    the parent (it stops the workers itself; a worker prints no traceback on Ctrl-C)."""
+    """A worker_init_fn / pool initializer: end with the parent, compile in-process, and leave
+    stop signals to the parent (it stops the workers itself; a worker prints no traceback on
+    Ctrl-C), unblocking those held since the fork (stop_signals_blocked)."""
     die_with_parent()
     inductor = sys.modules.get("torch._inductor.config")
     if inductor is not None:  # forked after the parent compiled: torch clears only its process pool at fork,
-        inductor.compile_threads = 1  # and a compile waiting on the parent's (threadless here) pool would hang
+        # and a compile waiting on its thread pool, copied without threads, hung (tests/test_forks.py)
+        inductor.compile_threads = 1
     _worker_signals()
