@@ -177,12 +177,12 @@ def start_worker(threads: int = 1) -> None:
 def start_pool(processes: int, threads: int = 1, device: torch.device = torch.device("cpu"),
                compile_step: bool = True) -> tuple[multiprocessing.pool.Pool, bool]:
     """The one way to start TV-L1 worker processes (dense_flow.py's pool, the on-the-fly flow's
-    video_sources.FlowWorkers): `processes` workers running start_worker(threads), forked with
-    stop signals blocked (runtime.stop_signals_blocked). On CPU where
-    the OS forks, this process compiles the step first (compile_step) and then forks, so the
-    workers inherit the compiled kernels instead of each spending ~10 s of CPU loading them;
-    elsewhere (CUDA, no fork) they are spawned and each compiles for itself. Returns (pool,
-    compile_step for the jobs: False when compiling failed here)."""
+    video_sources.FlowWorkers): `processes` workers running start_worker(threads), started with
+    stop signals blocked (runtime.stop_signals_blocked). On CPU where the OS forks, this process
+    compiles the step first (compile_step) and then forks, so the workers inherit the compiled
+    kernels instead of each spending ~10 s of CPU loading them; elsewhere (CUDA, no fork) they
+    are spawned and each compiles for itself. Returns (pool, compile_step for the jobs: False
+    when compiling failed here)."""
     context = "spawn"
     if device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
         compile_step = compile_step and compile_available(device)
