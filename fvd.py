@@ -386,9 +386,8 @@ class Extractor:
                     rows[i] = f
                 pending.clear()
 
-        bar = tqdm(iter_started(loader), total=len(loader),  # its workers fork there, stop signals blocked
-                   desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
-                   unit="video", disable=not self.progress or self.rank != 0)
+        bar = tqdm(iter_started(loader), total=len(loader), unit="video", disable=not self.progress or self.rank != 0,
+                   desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}")  # workers fork
         report_progress(0, len(data), what := f"videos of {Path(str(spec)).name} read", resumes=False)  # if stopped
         for k, (i, name, tensor, err) in enumerate(bar, 1):
             report_progress(k, len(data), what, resumes=False)
