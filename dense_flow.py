@@ -374,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)
     jobs, split = plan_jobs(todo, workers, device, kwargs, out)
+    progress(len(inputs) - len(todo), len(inputs))  # what a stop says while the pool compiles and forks
     pool = None
     try:  # (a stop while the pool compiles or forks leaves no split video's temporaries either)
         if workers > 1 and len(jobs) > 1:

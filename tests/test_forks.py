@@ -157,3 +157,71 @@ def test_dense_flow_workers_compile_frame_sizes_the_parent_did_not(tmp_path):
             planes = np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(folder.glob(f"*{axis}.jpg"))])
             flow = np.median(planes[:, 8:-8, 8:-8]) * 40 / 255 - 20  # the 8-bit encoding, inverted
             assert abs(flow - px) < 0.25, (v.name, axis, flow)
+
+
+_CTRL_C_AT_FORK = r'''
+import multiprocessing.pool, os, signal, sys
+sys.path.insert(0, {root!r})
+import cli, dense_flow, tvl1
+
+initializer = tvl1.start_worker
+
+def start_worker(threads):  # in each new worker, before its initializer: the group's Ctrl-C reaches it
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # room for a Python handler to run
+        pass
+    initializer(threads)
+
+forked = multiprocessing.pool.Pool._repopulate_pool
+
+def repopulate(self):  # the pool's workers are forked: the Ctrl-C reaches the job's own process
+    out = forked(self)
+    os.kill(os.getpid(), signal.SIGINT)
+    return out
+
+tvl1.start_worker = start_worker
+multiprocessing.pool.Pool._repopulate_pool = repopulate
+sys.argv = ["dense_flow.py", *{videos!r}, "-o", {out!r}, "--resize", "0", "--no-compile", "--workers", "2"]
+cli.run_main(dense_flow.main)
+'''
+
+
+def _group_alive(pgid: int) -> list[int]:
+    alive = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                alive.append(int(d.name))
+    return alive
+
+
+@needs_fork
+@pytest.mark.slow  # a dense_flow.py process (torch import)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for the process group")
+def test_ctrl_c_while_dense_flow_forks_its_pool_stops_it_in_one_line(tmp_path):
+    """A Ctrl-C that reaches dense_flow.py's new pool workers before their initializer (each
+    sends it to itself: no race) and the job's own process as the pool is forked (--no-compile:
+    the compile is not what is tested): the job stops with its one line, counts included, and
+    exit 130; no process prints a traceback; the workers are gone; no temporary is left."""
+    import synthetic_charades
+
+    videos = [str(synthetic_charades.make_video_file(tmp_path / f"v{i}.mp4", 6, 32, 40, seed=i)) for i in range(3)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([PY, "-c", _CTRL_C_AT_FORK.format(root=str(ROOT), videos=videos, out=str(out))], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = proc.communicate(timeout=120)
+    left = _group_alive(proc.pid)
+    for _ in range(50):
+        if not left:
+            break
+        subprocess.run(["sleep", "0.1"])
+        left = _group_alive(proc.pid)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["dense_flow.py: stopped by Ctrl-C: 0 of 3 videos done; "
+                                        "run the same command again to resume"], err
+    assert not left, f"processes left: {left}"
+    assert not out.exists() or not any(out.iterdir())
