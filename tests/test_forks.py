@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import runtime
+from test_signals import _left
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -186,19 +187,6 @@ cli.run_main(dense_flow.main)
 '''
 
 
-def _group_alive(pgid: int) -> list[int]:
-    alive = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                alive.append(int(d.name))
-    return alive
-
-
 @needs_fork
 @pytest.mark.slow  # a dense_flow.py process (torch import)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for the process group")
@@ -214,12 +202,7 @@ def test_ctrl_c_while_dense_flow_forks_its_pool_stops_it_in_one_line(tmp_path):
     proc = subprocess.Popen([PY, "-c", _CTRL_C_AT_FORK.format(root=str(ROOT), videos=videos, out=str(out))], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=120)
-    left = _group_alive(proc.pid)
-    for _ in range(50):
-        if not left:
-            break
-        subprocess.run(["sleep", "0.1"])
-        left = _group_alive(proc.pid)
+    left = _left(proc.pid, set())  # what of its process group is still alive (waits up to 5 s)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["dense_flow.py: stopped by Ctrl-C: 0 of 3 videos done; "
                                         "run the same command again to resume"], err
