@@ -64,7 +64,7 @@ from video_sources import FlowWorkers, default_flow_workers, two_stream_items
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
                  code_version, keep_freed_memory, nonneg_int, positive_int, progress, run_main, size_or_zero, start)
-from runtime import worker_init
+from runtime import iter_started, worker_init
 from feature_store import RECIPE_KEYS, H5Store, NpyStore, closed_unless_stopped, parse_shard, recipe_difference, shard
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
@@ -261,7 +261,8 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
         progress(len(sources) - len(todo), len(sources), f"{mode} videos done")  # what a stop says
         t0 = time.perf_counter()
         with tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet) as bar:
-            for item in background(_loader(args, todo, mode, job.crop, job.flow, device)):  # decoding overlaps
+            # decoding overlaps; the loader's workers fork in the decode thread, stop signals blocked
+            for item in background(iter_started(_loader(args, todo, mode, job.crop, job.flow, device))):
                 if job.take(item):
                     bar.update(1)
                     progress(len(sources) - len(todo) + job.done, len(sources), f"{mode} videos done")

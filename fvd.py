@@ -44,7 +44,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from errors import FrameError, UserError
-from runtime import dist_env, rank_process, select_device, worker_init
+from runtime import dist_env, iter_started, rank_process, select_device, worker_init
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  progress as report_progress, run_main, start)  # `progress` is the progress-bar flag here
 from atomic_io import atomic_write, clean_stale_temps
@@ -385,8 +385,8 @@ class Extractor:
                     rows[i] = f
                 pending.clear()
 
-        bar = tqdm(loader, desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
-                   unit="video", disable=not self.progress or self.rank != 0)
+        bar = tqdm(iter_started(loader), total=len(loader), unit="video", disable=not self.progress or self.rank != 0,
+                   desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}")  # workers fork
         what = f"videos of {Path(str(spec)).name} read" + (f" (rank 0's share of {self.world})" if self.world > 1 else "")
         report_progress(0, len(data), what, resumes=False)  # said if stopped (rank 0 alone under torchrun)
         for k, (i, name, tensor, err) in enumerate(bar, 1):

@@ -60,7 +60,7 @@ from tqdm import tqdm
 import videotransforms
 from charades_dataset import NUM_CLASSES as CHARADES_CLASSES, Charades
 from errors import UserError
-from runtime import dist_env, select_device, worker_init
+from runtime import dist_env, iter_started, select_device, worker_init
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
                  positive_float, positive_int, progress as report_progress, report_stop, run_main, start)
 import video_eval
@@ -468,7 +468,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
             data.dataset.set_epoch(run.epoch)
             sampler.set_epoch(run.epoch, skip=run.batches * args.batch_size)
             finished_epoch = True
-            for clips, labels in loader:
+            for clips, labels in iter_started(loader):  # its workers fork here, stop signals blocked
                 sums += forward_backward(run, clips, labels, sync=accum_pos + 1 == args.accum)
                 run.batches += 1
                 accum_pos += 1

@@ -225,7 +225,9 @@ def test_dense_flow_crash_loop(tmp_path_factory, tmp_path):
 
     def cmd(out: Path) -> list[str]:
         return [PY, str(ROOT / "dense_flow.py"), *map(str, sorted(videos.glob("*.mp4"))), "-o", str(out),
-                "--resize", "0", "--no-compile", "--workers", "2", "-q"]
+                "--resize", "0", "--no-compile", "--workers", "2", "-q"]  # eager: the kills, not the
+    # compile, are tried here (loading the compiled kernels in each of the four runs doubled the
+    # test's time); compiled forked workers are tests/test_forks.py's
     clean, clean_s = clean_reference(tmp_path_factory, cmd, "dense_flow")
     looped = tmp_path / "out"
     loop = crash_loop(cmd, looped, EVENT_MOMENTS, clean_s, "dense_flow")
