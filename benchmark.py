@@ -109,7 +109,7 @@ def run_process(cmd: list, progress: Callable[[list[int]], float] | None = None)
                 todo += [int(c) for f in Path(f"/proc/{pids[-1]}/task").glob("*/children") for c in _read(f).split()]
             pages = sum(int((_read(f"/proc/{p}/statm").split() or [0, 0])[1]) for p in pids)  # shared: once a process
             samples.append((progress(pids), pages * os.sysconf("SC_PAGE_SIZE")))
-            time.sleep(0.25)
+            time.sleep(0.1)  # often enough to find a short job's open video (progress by reading)
         wall, code = time.perf_counter() - t0, os.waitstatus_to_exitcode(status)
         if code != 0:
             err.seek(0)
