@@ -1,3 +1,5 @@
+import copy
+import os
 import sys
 from pathlib import Path
 
@@ -8,7 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Two threads at most; under pytest-xdist the workers share the cores (2 workers on 2 cores: one
+# thread each), as more threads than cores only adds waiting.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
 
 CACHE = ROOT / ".cache"
 
@@ -73,19 +78,23 @@ def assert_responds(model: torch.nn.Module, in_channels: int, frames: int = 16, 
 def random_i3d():
     """The easy path to a model that responds to its input: `random_i3d(num_classes=400,
     in_channels=2, final_endpoint="Logits", seed=0)` is synthetic_charades' calibrated random
-    I3D (activations of order 1, as a trained model's), checked once to respond."""
+    I3D (activations of order 1, as a trained model's), checked once to respond. Built once per
+    session and arguments; each call returns its own copy (a test may change its model)."""
     from synthetic_charades import calibrated_random_i3d
 
-    checked: set = set()
+    built: dict = {}
 
     def make(num_classes: int = 157, in_channels: int = 3, final_endpoint: str = "Logits",
              seed: int = 0) -> torch.nn.Module:
-        model = calibrated_random_i3d(seed, num_classes, in_channels, final_endpoint)
         key = (num_classes, in_channels, final_endpoint, seed)
-        if key not in checked and final_endpoint == "Logits":
-            assert_responds(model, in_channels)
-            checked.add(key)
-        return model
+        if key not in built:
+            model = calibrated_random_i3d(seed, num_classes, in_channels, final_endpoint)
+            built[key] = model, torch.get_rng_state()
+            if final_endpoint == "Logits":
+                assert_responds(model, in_channels)
+        model, rng = built[key]
+        torch.set_rng_state(rng)  # building seeds the global generator: a test may draw from it next
+        return copy.deepcopy(model)
     return make
 
 
@@ -95,11 +104,11 @@ def random_i3d_file(random_i3d, tmp_path_factory):
     session and arguments), for the command-line jobs."""
     made: dict = {}
 
-    def make(**kw) -> Path:
-        key = tuple(sorted(kw.items()))
+    def make(num_classes: int = 157, in_channels: int = 3, final_endpoint: str = "Logits", seed: int = 0) -> Path:
+        key = (num_classes, in_channels, final_endpoint, seed)
         if key not in made:
             path = tmp_path_factory.mktemp("weights") / "model.pt"
-            torch.save(random_i3d(**kw).state_dict(), path)
+            torch.save(random_i3d(*key).state_dict(), path)
             made[key] = path
         return made[key]
     return make

@@ -346,11 +346,8 @@ def test_real_videos(rgb_scratch_weights, sample_videos, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def live_weights(tmp_path_factory) -> Path:
-    from synthetic_charades import calibrated_random_i3d
-    path = tmp_path_factory.mktemp("fvd_live") / "calibrated_400.pt"
-    torch.save(calibrated_random_i3d(seed=0, num_classes=400).state_dict(), path)
-    return path
+def live_weights(random_i3d_file) -> Path:
+    return random_i3d_file(seed=0, num_classes=400)
 
 
 def test_sample_plan_uniform_over_videos_reused_only_past_one_each():
