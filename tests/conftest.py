@@ -21,6 +21,11 @@ CACHE = ROOT / ".cache"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: over a few seconds on 2 cores (make test-fast leaves these out)")
     config.addinivalue_line("markers", "bf16: needs bf16 convolutions on the CPU (skipped where it has none)")
+    # `make test` runs on pytest-xdist workers with --dist loadgroup: the tests of one group run
+    # one after another on one worker. Group "serial" holds the tests that time processes or
+    # measure a whole process's memory (stop signals, crash loops, soak rows, peak memory), so
+    # that no two of them run side by side; the other worker runs the rest beside them.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
 
 
 # Tests that use these fixtures run the real network at full size on real data: slow.

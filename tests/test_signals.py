@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("serial")  # timing-sensitive: see conftest.py
 
 _PARENT = r'''
 import multiprocessing as mp, sys, time
