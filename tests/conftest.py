@@ -1,5 +1,6 @@
 import copy
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,14 +18,22 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
 
 CACHE = ROOT / ".cache"
 
+# A shell without job control starts background commands with SIGINT ignored, and the jobs the
+# tests start inherit that: Ctrl-C tests would see a job that cannot be stopped. Give them a
+# terminal's disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: over a few seconds on 2 cores (make test-fast leaves these out)")
     config.addinivalue_line("markers", "bf16: needs bf16 convolutions on the CPU (skipped where it has none)")
     # `make test` runs on pytest-xdist workers with --dist loadgroup: the tests of one group run
-    # one after another on one worker. Group "serial" holds the tests that time processes or
-    # measure a whole process's memory (stop signals, crash loops, soak rows, peak memory), so
-    # that no two of them run side by side; the other worker runs the rest beside them.
+    # one after another on one worker. Group "serial" holds the tests that signal or kill jobs
+    # and time how their processes end (stop signals, crash loops, forks), so that no two of them
+    # run side by side; the other worker runs the rest beside them. The memory tests (soak rows,
+    # peak memory) measure their own processes, whatever runs beside them: not grouped, as the
+    # group is the run's longest chain.
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
 
 

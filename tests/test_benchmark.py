@@ -29,7 +29,6 @@ def test_soak_flags():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("serial")  # resident memory of whole processes: see conftest.py
 def test_soak_rows_small(capsys):
     """Every soak row, small, as whole processes: both RSS figures; for the many-item rows the end
     under the warm-up RSS plus half of what keeping each item's decoded frames (16 x 96 x 128 x 3

@@ -404,7 +404,6 @@ print(*peak, flush=True)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("serial")  # memory of a whole process: see conftest.py
 def test_peak_memory_bounded(tmp_path, weights_file):
     """Memory does not grow with length. In one process, after a warm-up video, what the process
     holds over a 1100-frame video exceeds what it held over the first 100 frames by less than half
