@@ -511,10 +511,9 @@ def benchmark_soak(args: argparse.Namespace) -> list[dict]:
                  py("extract_features.py", "--input", tmp / "e.txt", "-save_dir", tmp / "e", *extract)),
                 (f"extract_features.py, one video of {long_n} frames {h}x{w}", reading([long]),
                  py("extract_features.py", "--input", long, "-save_dir", tmp / "l", *extract)),
-                # --no-compile: a forked dense_flow.py worker that compiles a new frame size hangs (reported)
                 (f"dense_flow.py, {flow_n} videos of 16 frames {h}x{w}",
                  lambda pids: sum(1 for _ in (tmp / "o").glob("*/.dense_flow.done")) / flow_n,
-                 py("dense_flow.py", "--list", tmp / "f.txt", "-o", tmp / "o", "--resize", 0, "--no-compile", "-q")),
+                 py("dense_flow.py", "--list", tmp / "f.txt", "-o", tmp / "o", "--resize", 0, "-q")),
                 (f"fvd.py, FVD of {clips} clips of 16 frames {h}x{w}", reading(videos[:clips]),
                  py("fvd.py", tmp / "a.txt", tmp / "b.npz", *fvd))]
         for label, progress, cmd in jobs:

@@ -18,11 +18,11 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Callable
 
-from errors import DiskFullError, FrameError, UserError
+from errors import DiskFullError, FrameError, Terminated, UserError, stop_exception
 from atomic_io import disk_full, is_disk_full
 from frame_io import ALLOW_GAPS_ENV
 from fast_i3d import PRECISIONS, PrecisionError, resolve_precision
-from runtime import select_device
+from runtime import dist_env, select_device
 
 if TYPE_CHECKING:
     import torch
@@ -264,17 +264,9 @@ EXIT_OK, EXIT_ITEMS_FAILED, EXIT_BAD_INPUT, EXIT_DISK_FULL = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every `finally` (temporaries, locks) runs."""
-
-
-def _stop_exception(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
 def _raise_stop(signum, frame) -> None:
     _Progress.stop = signum
-    raise _stop_exception(signum)
+    raise stop_exception(signum)  # errors.Terminated for SIGTERM
 
 
 class _Progress:
@@ -283,26 +275,50 @@ class _Progress:
     total = 0
     what = "videos done"
     resumes = True
+    rerun: str | None = None  # what to do to go on, where it is not "the same command again"
     stop: int | None = None  # the stop signal received
 
+    @classmethod
+    def reset(cls) -> None:
+        cls.done = cls.stop = cls.rerun = None
 
-def progress(done: int, total: int, what: str = "videos done", resumes: bool = True) -> None:
+
+def progress(done: int, total: int, what: str = "videos done", resumes: bool = True,
+             rerun: str | None = None) -> None:
     """Record what the job has finished so far (`done` of `total` `what`: '3 of 10 videos done')
-    and whether a rerun of the same command resumes from there (False: it starts over); a stop
-    by SIGTERM or Ctrl-C then says it in one line (run_main)."""
+    and whether a rerun of the same command resumes from there (False: it starts over; `rerun`
+    says instead what to run, e.g. training's '--resume'); a stop by SIGTERM or Ctrl-C then says
+    it in one line (run_main, report_stop)."""
     _Progress.done, _Progress.total, _Progress.what, _Progress.resumes = done, total, what, resumes
+    _Progress.rerun = rerun
     if _Progress.stop is not None:
         # the stop's exception was swallowed: the signal came during an at-fork hook or a __del__,
         # where Python only prints "Exception ignored" (seen when a DataLoader forks its workers)
-        raise _stop_exception(_Progress.stop)
+        raise stop_exception(_Progress.stop)
 
 
 def stop_message(signame: str) -> str:
     """The one line of a stopped job: what is done and what a rerun does."""
     if _Progress.done is None:  # stopped before the job reported anything (while starting)
         return f"stopped by {signame}"
-    rerun = "run the same command again to resume" if _Progress.resumes else "a rerun starts over"
+    rerun = _Progress.rerun or ("run the same command again to resume" if _Progress.resumes else "a rerun starts over")
     return f"stopped by {signame}: {_Progress.done} of {_Progress.total} {_Progress.what}; {rerun}"
+
+
+def _prog() -> str:
+    return os.path.basename(sys.argv[0]) or "i3d"
+
+
+def report_stop(signum: int) -> None:
+    """Print the one line of a job stopped by `signum` (SIGTERM or SIGINT) on stderr: run_main's
+    stop, and a job that stops by itself on a signal (training). Under torchrun every rank is
+    stopped; rank 0 alone says it."""
+    try:
+        first = dist_env()[0] == 0
+    except UserError:
+        first = True
+    if first:
+        print(f"{_prog()}: {stop_message('SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C')}", file=sys.stderr)
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -311,8 +327,8 @@ def run_main(main: Callable[[], int | None]) -> None:
     130 / 143 stopped by SIGINT / SIGTERM: the job's own `finally` blocks have removed its
     temporaries, one line says what is done (progress), and the exit ends the workers
     (multiprocessing terminates its daemonic children; runtime.worker_init makes that quiet)."""
-    prog = os.path.basename(sys.argv[0]) or "i3d"
-    _Progress.done = _Progress.stop = None
+    prog = _prog()
+    _Progress.reset()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig, handler in previous.items():  # a job with its own handler (training) keeps it
         if handler in (signal.SIG_DFL, signal.default_int_handler):
@@ -327,7 +343,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         _run(prog, main)
     finally:  # main() is also run in-process (tests): leave no stop pending for the next job
         sys.unraisablehook = unraisable
-        _Progress.done = _Progress.stop = None
+        _Progress.reset()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -353,6 +369,6 @@ def _run(prog: str, main: Callable[[], int | None]) -> None:
         terminated = isinstance(e, Terminated)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-        print(f"{prog}: {stop_message('SIGTERM' if terminated else 'Ctrl-C')}", file=sys.stderr)
+        report_stop(signal.SIGTERM if terminated else signal.SIGINT)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     sys.exit(code or 0)

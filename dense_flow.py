@@ -32,7 +32,6 @@ import contextlib
 import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -52,7 +51,7 @@ from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir
 from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
                       video_info, write_image)
 from tvl1 import (METHODS, compile_available, compile_cached, compute_flow, flow_to_color, flow_to_uint8,
-                  start_worker)
+                  start_pool)
 
 log = logging.getLogger(__name__)
 
@@ -304,16 +303,12 @@ def plan_jobs(todo: list[str], workers: int, device: torch.device, kwargs: dict,
 
 
 def _start_pool(workers: int, jobs: list, device: torch.device, kwargs: dict, compile_step: bool):
-    """A process pool of `workers` (one thread each); on CPU forked after compiling here, so the
-    workers inherit the compiled kernels instead of each spending ~10 s of CPU loading them."""
+    """tvl1.start_pool's workers for the jobs, one thread each (or a share of the cores)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = "spawn"
-    if device.type == "cpu" and "fork" in mp.get_all_start_methods():
-        torch.set_num_threads(threads)  # before any parallel region: forking is then safe
-        if compile_step:
-            kwargs["compile_step"] = compile_available(device)
-        context = "fork"
-    return mp.get_context(context).Pool(min(workers, len(jobs)), initializer=start_worker, initargs=(threads,))
+    if device.type == "cpu":
+        torch.set_num_threads(threads)  # before any parallel region (the compile): forking is then safe
+    pool, kwargs["compile_step"] = start_pool(min(workers, len(jobs)), threads, device, compile_step)
+    return pool
 
 
 def _finish_split(out: Path, src: str, v: dict) -> str | None:
@@ -379,8 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)
     jobs, split = plan_jobs(todo, workers, device, kwargs, out)
-    pool = _start_pool(workers, jobs, device, kwargs, compile_step) if workers > 1 and len(jobs) > 1 else None
-    try:
+    progress(len(inputs) - len(todo), len(inputs))  # what a stop says while the pool compiles and forks
+    pool = None
+    try:  # (a stop while the pool compiles or forks leaves no split video's temporaries either)
+        if workers > 1 and len(jobs) > 1:
+            pool = _start_pool(workers, jobs, device, kwargs, compile_step)
         results = pool.imap_unordered(_job, jobs) if pool is not None else map(_job, jobs)
         failures = collect(results, split, out, len(todo), args.quiet, len(inputs) - len(todo))
     finally:

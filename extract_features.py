@@ -64,8 +64,8 @@ from video_sources import FlowWorkers, default_flow_workers, two_stream_items
 from errors import DiskFullError, FrameError, UserError
 from cli import (add_allow_gaps, add_device, add_precision, add_resize_crop, add_threads, add_verbosity, add_workers,
                  code_version, keep_freed_memory, nonneg_int, positive_int, progress, run_main, size_or_zero, start)
-from runtime import worker_init
-from feature_store import RECIPE_KEYS, H5Store, NpyStore, parse_shard, recipe_difference, shard
+from runtime import iter_started, worker_init
+from feature_store import RECIPE_KEYS, H5Store, NpyStore, closed_unless_stopped, parse_shard, recipe_difference, shard
 from streaming import (CHUNK_FRAMES, CONV_ENDPOINTS, LengthMismatch, VideoStream, WindowBatcher, WindowStacker,
                        background, make_runner, temporal_stride)
 
@@ -253,7 +253,7 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
 
     wanted = wanted if wanted is not None else recipe(args, mode, "")
     store = _store(args, out_dir, tag)
-    try:
+    with closed_unless_stopped(store):
         todo = select_todo(store, sources, wanted, getattr(args, "overwrite", False))
         log.info("%s: %d videos, %d already done, %d to extract", mode, len(sources), len(sources) - len(todo),
                  len(todo))
@@ -261,13 +261,12 @@ def extract_videos(args: argparse.Namespace, model: torch.nn.Module, sources: li
         progress(len(sources) - len(todo), len(sources), f"{mode} videos done")  # what a stop says
         t0 = time.perf_counter()
         with tqdm(total=len(todo), unit="video", desc=mode, disable=not todo or args.quiet) as bar:
-            for item in background(_loader(args, todo, mode, job.crop, job.flow, device)):  # decoding overlaps
+            # decoding overlaps; the loader's workers fork in the decode thread, stop signals blocked
+            for item in background(iter_started(_loader(args, todo, mode, job.crop, job.flow, device))):
                 if job.take(item):
                     bar.update(1)
                     progress(len(sources) - len(todo) + job.done, len(sources), f"{mode} videos done")
                     bar.set_postfix(fps=f"{job.frames / (time.perf_counter() - t0):.1f}")
-    finally:
-        store.close()
     dt = time.perf_counter() - t0
     log.info("%s: extracted %d videos (%d frames) in %.1fs, %.1f frames/s; %d skipped as done; %d failed",
              mode, job.done, job.frames, dt, job.frames / max(dt, 1e-9), len(sources) - len(todo), len(job.failures))
@@ -284,7 +283,7 @@ def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[Vi
     modes = list(models)
     out_dirs = {m: args.save_dir / m if args.mode == "both" else args.save_dir for m in modes}
     stores = {m: _store(args, out_dirs[m], tag) for m in modes}
-    try:
+    with closed_unless_stopped(*stores.values()):
         todo = {m: {s.key for s in select_todo(stores[m], sources, recipes[m], getattr(args, "overwrite", False))}
                 for m in modes}
         for m in modes:
@@ -321,9 +320,6 @@ def extract_from_videos(args: argparse.Namespace, models: dict, sources: list[Vi
                     streams_left[item["key"]] -= 1
                     done += streams_left[item["key"]] == 0
                     progress(done, len(sources), "videos done")
-    finally:
-        for store in stores.values():
-            store.close()
     dt = time.perf_counter() - t0
     for m, job in jobs.items():
         log.info("%s: extracted %d videos (%d frames) in %.1fs, %.1f frames/s; %d skipped as done; %d failed", m,
@@ -371,7 +367,7 @@ def concat_streams(args: argparse.Namespace, sources: list[VideoSource], tag: st
     rgb, flow = _store(args, args.save_dir / "rgb", tag), _store(args, args.save_dir / "flow", tag)
     out = _store(args, args.save_dir / "concat", tag)
     failures = []
-    try:
+    with closed_unless_stopped(out):
         for src in sources:
             if not (rgb.done(src.key) and flow.done(src.key)):
                 continue
@@ -387,8 +383,6 @@ def concat_streams(args: argparse.Namespace, sources: list[VideoSource], tag: st
                 failures.append((f"concat:{src.key}", msg))
                 continue
             out.save(src.key, np.concatenate([a, b], axis=-1), wanted)
-    finally:
-        out.close()
     return failures
 
 

@@ -74,6 +74,24 @@ def shard(items: list, k: int, n: int) -> list:
     return [v for i, v in enumerate(sorted(items, key=lambda v: v.key)) if i % n == k]
 
 
+@contextlib.contextmanager
+def closed_unless_stopped(*stores):
+    """Close the stores (H5Store: merge the finished videos into the HDF5 file) when the block
+    ends, whether it returns or fails, but not when a stop (Ctrl-C, SIGTERM: KeyboardInterrupt)
+    ends it: the merge copies the whole HDF5 file, far longer than a stop may take. The finished
+    videos wait as their pending files, which count as done; the rerun merges them."""
+    stopped = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        stopped = True
+        raise
+    finally:
+        if not stopped:
+            for store in stores:
+                store.close()
+
+
 def _clean_tree(folder: Path) -> None:
     """Temporaries of killed runs anywhere under folder (a live process's are kept)."""
     if folder.is_dir():

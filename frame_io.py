@@ -54,6 +54,20 @@ def is_video_file(path: str | Path) -> bool:
 LIST_EXTS = {".txt", ".lst"}  # a list of inputs: one path per line
 
 
+def read_lines(path: str | Path, error: type[Exception] = FrameError) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines of a text file (a UTF-8 BOM is
+    dropped): the one reader of every list and split file; an unreadable or binary file raises
+    `error` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file") from None
+    return [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
+
+
 def read_list(path: str | Path) -> list[Path]:
     """The inputs a list file names, one per line ('#' comments and blank lines skipped),
     relative to the list file's folder (absolute paths stay as they are), in every job alike.
@@ -65,11 +79,7 @@ def read_list(path: str | Path) -> list[Path]:
     if path.suffix.lower() not in LIST_EXTS:
         raise FrameError(f"{path}: not a list of inputs (a list is a {' or '.join(sorted(LIST_EXTS))} file, "
                          f"one video or frame folder per line)")
-    try:
-        lines = path.read_text().splitlines()
-    except (UnicodeDecodeError, OSError) as e:
-        raise FrameError(f"{path}: not a readable text list ({e.__class__.__name__})") from None
-    entries = [path.parent / ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    entries = [path.parent / line for _, line in read_lines(path) if not line.startswith("#")]
     if entries and not any(p.exists() for p in entries):
         raise FrameError(f"{path}: not a list of inputs: none of its {len(entries)} entries exists "
                          f"(entries are relative to the list file's folder)")

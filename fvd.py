@@ -44,7 +44,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from errors import FrameError, UserError
-from runtime import die_with_parent, select_device, worker_init
+from runtime import dist_env, iter_started, rank_process, select_device, worker_init
 from cli import (add_device, add_precision, add_verbosity, add_workers, code_version, keep_freed_memory, positive_int,
                  progress as report_progress, run_main, start)  # `progress` is the progress-bar flag here
 from atomic_io import atomic_write, clean_stale_temps
@@ -248,11 +248,11 @@ class Stats:
         return f"{self.n} clips from {videos} videos"
 
 
-def _distributed() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
-        die_with_parent()  # a rank ends with torchrun's agent (its parent), however that ended
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return 0, 1
+def _distributed() -> tuple[int, int, int]:
+    rank, world, local = dist_env()  # torchrun's environment, checked
+    if world > 1 and dist.is_available():
+        rank_process()  # it ends with torchrun's agent (its parent), however that ended
+    return (rank, world, local) if world > 1 and dist.is_available() else (0, 1, 0)
 
 
 def _apply_preset(name: str, frames: int | None, num_clips: int | None, stride: int,
@@ -305,9 +305,8 @@ class Extractor:
             raise UserError("--stride and --num-clips need --frames (the clip length)")
         if num_clips is not None and clips is not None:
             raise UserError("--num-clips (clips over the set) and --clips (clips per video) exclude each other")
-        self.rank, self.world = _distributed()
+        self.rank, self.world, local = _distributed()
         if self.world > 1 and not dist.is_initialized():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
             dev = select_device(str(device))
             backend = "nccl" if dev.type == "cuda" else "gloo"
             dist.init_process_group(backend)
@@ -386,9 +385,10 @@ class Extractor:
                     rows[i] = f
                 pending.clear()
 
-        bar = tqdm(loader, desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}",
-                   unit="video", disable=not self.progress or self.rank != 0)
-        report_progress(0, len(data), what := f"videos of {Path(str(spec)).name} read", resumes=False)  # if stopped
+        bar = tqdm(iter_started(loader), total=len(loader), unit="video", disable=not self.progress or self.rank != 0,
+                   desc=f"I3D {Path(str(spec)).name if not isinstance(spec, np.ndarray) else 'array'}")  # workers fork
+        what = f"videos of {Path(str(spec)).name} read" + (f" (rank 0's share of {self.world})" if self.world > 1 else "")
+        report_progress(0, len(data), what, resumes=False)  # said if stopped (rank 0 alone under torchrun)
         for k, (i, name, tensor, err) in enumerate(bar, 1):
             report_progress(k, len(data), what, resumes=False)
             if err is not None:

@@ -308,8 +308,9 @@ def background(items: Iterable, depth: int = 2) -> Iterator:
                     raise error
                 return
             yield item
-    finally:
-        stop.set()
+    finally:  # wait for the producer to leave its current item: a thread still inside OpenCV
+        stop.set()  # when the interpreter exits is torn down there and aborts the process
+        thread.join(timeout=10.0)  # ("FATAL: exception not rethrown", exit 134 after a Ctrl-C)
 
 
 def _pieces(frames: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:

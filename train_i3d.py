@@ -60,9 +60,9 @@ from tqdm import tqdm
 import videotransforms
 from charades_dataset import NUM_CLASSES as CHARADES_CLASSES, Charades
 from errors import UserError
-from runtime import dist_env, select_device, worker_init
+from runtime import dist_env, iter_started, select_device, worker_init
 from cli import (add_allow_gaps, add_data_args, add_device, add_verbosity, add_workers, nonneg_float, nonneg_int,
-                 positive_float, positive_int, run_main, start)
+                 positive_float, positive_int, progress as report_progress, report_stop, run_main, start)
 import video_eval
 from charades_eval import evaluate
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock
@@ -142,7 +142,7 @@ def validate(model: InceptionI3d, args: argparse.Namespace, device: torch.device
 
 def train(args: argparse.Namespace) -> dict:
     """Fine-tune as described at the top of this file; returns {'step', 'map' (last, or None),
-    'model': path of the last step's state dict}."""
+    'model': path of the last step's state dict, 'stopped': the signal that stopped it (absent: none)}."""
     rank, world_size, local_rank = init_distributed()
     lock = save_path(args.save_model, "lock")
     try:
@@ -418,14 +418,21 @@ def log_step(run: Run, sums: torch.Tensor, lr: float) -> None:
         append_log_row(run.log_csv, row)
 
 
-def stopping_now(run: Run, stop: StopFlag) -> bool:
-    """Whether any process was asked to stop (all stop together, or the others would wait)."""
-    stopping = stop.set
+def stopping_now(run: Run, stop: StopFlag) -> int:
+    """The stop signal any process received (0: none): all stop together, or the others would
+    wait; rank 0 says which signal it was."""
+    signum = stop.signum
     if run.world_size > 1:
-        flag = torch.tensor([float(stopping)], device=run.device)
-        dist.all_reduce(flag)
-        stopping = bool(flag.item())
-    return stopping
+        flag = torch.tensor([float(signum)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
+
+
+def report_saved(run: Run) -> None:
+    """What a stop says it keeps: the steps checkpointed, and how to go on from them."""
+    rerun = None if run.args.resume == "auto" else "run the command with --resume to continue"
+    report_progress(run.step, run.args.max_steps, "steps checkpointed", rerun=rerun)
 
 
 def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> dict:
@@ -442,6 +449,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
         restore(run, source)
     elif run.main and run.log_csv.exists():
         run.log_csv.unlink()  # a fresh run: a stale log would mix two runs
+    report_saved(run)
     if world_size > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -460,7 +468,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
             data.dataset.set_epoch(run.epoch)
             sampler.set_epoch(run.epoch, skip=run.batches * args.batch_size)
             finished_epoch = True
-            for clips, labels in loader:
+            for clips, labels in iter_started(loader):  # its workers fork here, stop signals blocked
                 sums += forward_backward(run, clips, labels, sync=accum_pos + 1 == args.accum)
                 run.batches += 1
                 accum_pos += 1
@@ -474,10 +482,10 @@ def _train(args: argparse.Namespace, rank: int, world_size: int, local_rank: int
                 if run.step % args.save_every == 0 or run.step >= args.max_steps or stopping:
                     checkpoint(run)
                     final_model = save_path(args.save_model, f"{run.step:06d}.pt")
-                if stopping:
-                    log.warning("stopped at step %d; resume with --resume", run.step)
+                    report_saved(run)
+                if stopping:  # main() says it in one line (cli.report_stop)
                     progress.close()
-                    return {"step": run.step, "map": run.last_metric, "model": final_model, "stopped": True}
+                    return {"step": run.step, "map": run.last_metric, "model": final_model, "stopped": stopping}
                 if run.step >= args.max_steps:
                     finished_epoch = False
                     break
@@ -561,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs progress
     log_precision(device, args.amp)
     result = train(args)
-    return 0 if result["step"] >= args.max_steps or result.get("stopped") else 1
+    if result.get("stopped"):
+        report_stop(result["stopped"])  # a stop that training caught: saved, exit 0 (README: Exit status)
+        return 0
+    return 0 if result["step"] >= args.max_steps else 1
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from torch.utils.data import Sampler
 
 from atomic_io import append_bytes_checked, atomic_write_bytes
 from charades_metrics import upsample_logits
-from errors import UserError
+from errors import UserError, stop_exception
 from fast_i3d import check_precision
-from runtime import die_with_parent, dist_env
+from runtime import dist_env, rank_process
 
 log = logging.getLogger(__name__)
 
@@ -223,22 +223,29 @@ def plot_curves(log_csv: Path, out: Path) -> None:
 
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); starts the process group when run under torchrun, and
-    makes this rank end with torchrun's agent (its parent), however the agent ended."""
+    makes this rank end with torchrun's agent (its parent), however the agent ended, with its
+    DataLoader workers out of the signals the agent sends the rank (runtime.rank_process)."""
     _, world_size, _ = dist_env()  # checked: WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE
     if world_size <= 1:
         return 0, 1, 0
-    die_with_parent()
+    rank_process()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     return dist.get_rank(), world_size, dist_env()[2]
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM: training stops after the current optimizer step, checkpointed."""
+    """Set by SIGINT/SIGTERM: training stops after the current optimizer step, checkpointed.
+    `signum` is the first signal (0: none); a second one stops at once, as that signal
+    (errors.Terminated for SIGTERM, KeyboardInterrupt for Ctrl-C)."""
 
     def __init__(self):
-        self.set = False
+        self.signum = 0
         self._old = {}
+
+    @property
+    def set(self) -> bool:
+        return self.signum != 0
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -250,9 +257,9 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.set:  # a second signal: stop now
-            raise KeyboardInterrupt
-        log.warning("signal %d: stopping after this optimizer step (checkpoint first)", signum)
-        self.set = True
+            raise stop_exception(signum)
+        log.info("%s: stopping after this optimizer step (checkpoint first)", signal.Signals(signum).name)
+        self.signum = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -14,6 +14,8 @@ as round(255 * (f + 20) / 40) in 8-bit grayscale images.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.pool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import UserError
-from runtime import select_device, worker_init
+from runtime import select_device, stop_signals_blocked, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +166,37 @@ def _tvl1_step_masked(u, px, py, grad_i, rho_c, inv_grad, active, l_t: float, th
 
 
 def start_worker(threads: int = 1) -> None:
-    """The initializer of a TV-L1 worker process (dense_flow.py's pool, the on-the-fly flow's):
-    it ends with its job (runtime.worker_init) and solves on `threads` threads; at one thread
-    the float sums, hence the stored flow, are the same in every worker."""
+    """The initializer of a TV-L1 worker process (start_pool): it ends with its job
+    (runtime.worker_init) and solves on `threads` threads; at one thread the float sums, hence
+    the stored flow, are the same in every worker."""
     worker_init()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+
+
+def start_pool(processes: int, threads: int = 1, device: torch.device = torch.device("cpu"),
+               compile_step: bool = True) -> tuple[multiprocessing.pool.Pool, bool]:
+    """The one way to start TV-L1 worker processes (dense_flow.py's pool, the on-the-fly flow's
+    video_sources.FlowWorkers): `processes` workers running start_worker(threads), started with
+    stop signals blocked (runtime.stop_signals_blocked). On CPU where the OS forks, this process
+    compiles the step first (compile_step) and then forks, so the workers inherit the compiled
+    kernels instead of each spending ~10 s of CPU loading them; elsewhere (CUDA, no fork) they
+    are spawned and each compiles for itself. Returns (pool, compile_step for the jobs: False
+    when compiling failed here)."""
+    context = "spawn"
+    if device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
+        compile_step = compile_step and compile_available(device)
+        context = "fork"
+    pool = None
+    try:
+        with stop_signals_blocked():  # a Ctrl-C while the workers fork: no traceback in a worker
+            pool = multiprocessing.get_context(context).Pool(processes, initializer=start_worker, initargs=(threads,))
+    except BaseException:  # the stop that came while forking (raised as the block ends)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        raise
+    return pool, compile_step
 
 
 _compiled: dict = {}

@@ -75,17 +75,6 @@ class LabelledVideos:
 # Lines of text files: Windows line ends, trailing spaces, blank lines
 # ----------------------------------------------------------------------------------------------
 
-def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-blank lines of a text file."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a text file") from e
-    return [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
-
-
 def media_path(path: Path) -> Path | None:
     """The video file, or the frame folder of the same name without suffix, or None."""
     if path.is_file():
@@ -198,7 +187,7 @@ def read_folders(root: Path, subset: str, val_fraction: float = 0.0, seed: int =
 def read_class_ind(path: Path) -> list[str]:
     """UCF101's classInd.txt: 'INDEX NAME' lines, indices 1..N in order."""
     classes = []
-    for n, line in read_lines(path):
+    for n, line in frame_io.read_lines(path, UserError):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
             raise UserError(f"{path}:{n}: expected 'INDEX CLASS', got {line!r}")
@@ -226,7 +215,7 @@ def read_ucf101(files: list[Path], root: Path, subset: str, fold: int = 1) -> La
     index = {c: i for i, c in enumerate(classes)}
     samples, missing = [], []
     for lst in lists:
-        for n, line in read_lines(lst):
+        for n, line in frame_io.read_lines(lst, UserError):
             parts = line.split()
             where = f"{lst}:{n}"
             cls_name = parts[0].replace("\\", "/").split("/")[0]
@@ -259,7 +248,7 @@ def read_hmdb51(files: list[Path], root: Path, subset: str, fold: int = 1) -> La
     want = "1" if subset == "training" else "2"
     samples, missing = [], []
     for c, name in enumerate(classes):
-        for n, line in read_lines(per_class[name]):
+        for n, line in frame_io.read_lines(per_class[name], UserError):
             parts = line.split()
             where = f"{per_class[name]}:{n}"
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
@@ -332,7 +321,7 @@ def read_list(files: list[Path], subset: str, num_classes: int | None = None) ->
             raise UserError(f"none of the lists is named for {subset} (train / val / test in the file name)")
     samples, missing, multi, top = [], [], False, -1
     for f in files:
-        for n, line in read_lines(f):
+        for n, line in frame_io.read_lines(f, UserError):
             where = f"{f}:{n}"
             parts = line.split()
             if len(parts) < 2:

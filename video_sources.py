@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing as mp
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -246,16 +245,15 @@ class FlowWorkers:
     """TV-L1 flow (CPU) on `workers` processes started once for the run (0: in this process): runs
     of FLOW_JOB_PAIRS consecutive frame pairs go out as jobs (a pair is solved on its own, so
     the flow does not depend on the split), the results come back as dense_flow.py's stored
-    flow (tvl1.encode_flow), the JPEG bytes too with files=True. Each worker runs
-    tvl1.start_worker: one thread, as dense_flow.py's."""
+    flow (tvl1.encode_flow), the JPEG bytes too with files=True. The workers are tvl1.start_pool's,
+    one thread each, as dense_flow.py's."""
 
     def __init__(self, workers: int, jpeg: bool = True, files: bool = False):
         self.workers, self.jpeg, self.files = max(0, workers), jpeg, files
-        self.compile_step = tvl1.compile_available(torch.device("cpu"))  # before forking: the workers inherit it
+        self.compile_step = tvl1.compile_available(torch.device("cpu"))  # in-process jobs too
         self.pool = None
         if self.workers:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.pool = ctx.Pool(self.workers, initializer=tvl1.start_worker)
+            self.pool, self.compile_step = tvl1.start_pool(self.workers, 1, torch.device("cpu"), self.compile_step)
 
     def submit(self, grays: np.ndarray):
         args = (grays, self.jpeg, self.files, self.compile_step)

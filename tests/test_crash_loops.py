@@ -2,9 +2,10 @@
 killed with SIGKILL at several seeded moments (during start-up, after its first outputs, while its
 workers are busy with a video), then run once to the end. The outputs must equal a clean run's,
 made in another folder, byte for byte (weights and training state: torch.equal), with no other
-file left (hidden files, temporaries and lock files included), and every process of a killed job
+file left (hidden files, temporaries and lock files included); every process of a killed job
 must be gone within GONE_S of its main process (which needs every worker to call
-runtime.worker_init)."""
+runtime.worker_init), and at least one kill of each loop must land while a worker process of
+the job runs (the group's members are recorded at each kill)."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import procs
 import synthetic_charades
 from test_flow_stream import write_video
 
@@ -44,8 +46,9 @@ GONE_S = 1.5
 class Moment:
     """When to kill: once `after` holds ('start': at once; 'work': the run has created anything,
     a temporary included; 'output': the run has written a file that is not a temporary;
-    'file:NAME': the run has written NAME, new or replaced), wait a seeded delay of up to `max_s`
-    seconds, or a seeded fraction in `of_clean` of the clean run's duration."""
+    'file:NAME': the run has written NAME, new or replaced; 'worker': the run has a worker
+    process), wait a seeded delay of up to `max_s` seconds, or a seeded fraction in `of_clean`
+    of the clean run's duration."""
     after: str
     max_s: float = 0.0
     of_clean: tuple[float, float] | None = None
@@ -55,6 +58,7 @@ class Moment:
 class Loop:
     kills: list[str] = field(default_factory=list)    # what each kill hit, for the messages
     mid_job: int = 0                                  # kills that landed after the run had written something
+    worker_kills: int = 0                             # kills that landed while a worker process ran (gone in GONE_S)
     orphans: list[str] = field(default_factory=list)  # processes that outlived a killed job
 
 
@@ -81,23 +85,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def _members(pgid: int) -> list[str]:
-    """Live (not zombie) processes of process group pgid: 'PID command'."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-        if int(rest[2]) == pgid and rest[0] != "Z":
-            found.append(f"{stat.parent.name} {name}")
-    return found
-
-
 def _wait_group_gone(pgid: int, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
-    while (left := _members(pgid)) and time.monotonic() < deadline:
+    while (left := procs.group(pgid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -118,23 +108,27 @@ def kill_once(cmd: list[str], out: Path, moment: Moment, rng: random.Random, cle
             new = set(tree(out)) - before if out.exists() else set()
             if (moment.after == "start" or (moment.after == "work" and new)
                     or (moment.after == "output" and any(not _is_temp(p) for p in new))
-                    or (watched and _stamp(watched) not in (None, stamp))):
+                    or (watched and _stamp(watched) not in (None, stamp))
+                    or (moment.after == "worker" and procs.workers(proc.pid))):
                 break
             time.sleep(0.02)
         end = time.monotonic() + delay
         while proc.poll() is None and time.monotonic() < end:
             time.sleep(0.01)
         landed = proc.poll() is None
+        workers = procs.workers(proc.pid) if landed else []  # the group's members at the kill
         if landed:
             os.kill(proc.pid, signal.SIGKILL)  # the main process only, as the OOM killer would
             proc.wait()
-        loop.kills.append(f"{moment.after}+{delay:.2f}s: " + ("killed" if landed else f"had ended ({proc.returncode})"))
+        loop.kills.append(f"{moment.after}+{delay:.2f}s: " + (f"killed with {len(workers)} worker(s)" if landed
+                                                               else f"had ended ({proc.returncode})"))
         loop.mid_job += landed and (moment.after != "start" or moment.of_clean is not None)
         left = _wait_group_gone(proc.pid, GONE_S)
         if left:
             loop.orphans.append(f"after the kill at {moment.after}+{delay:.2f}s: {', '.join(left)}")
+        loop.worker_kills += bool(workers) and not any(procs.alive(w) for w in workers)
     finally:
-        if _members(proc.pid):
+        if procs.group(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             _wait_group_gone(proc.pid, 10.0)
 
@@ -150,7 +144,7 @@ def run_to_end(cmd: list[str]) -> float:
         assert proc.returncode == 0, err[-3000:]
         assert not _wait_group_gone(proc.pid, GONE_S), "a finished run left processes behind"
     finally:
-        if _members(proc.pid):
+        if procs.group(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     return seconds
 
@@ -182,6 +176,7 @@ def assert_same_tree(clean: Path, looped: Path, loop: Loop, same=None) -> None:
 
 def assert_interrupted_and_no_orphans(loop: Loop) -> None:
     assert loop.mid_job, f"no kill landed while the job was writing (it ended first): {loop.kills}"
+    assert loop.worker_kills, f"no kill landed while a worker process ran: {loop.kills}"
     assert not loop.orphans, f"processes outlived their killed job: {loop.orphans}"
 
 
@@ -230,7 +225,9 @@ def test_dense_flow_crash_loop(tmp_path_factory, tmp_path):
 
     def cmd(out: Path) -> list[str]:
         return [PY, str(ROOT / "dense_flow.py"), *map(str, sorted(videos.glob("*.mp4"))), "-o", str(out),
-                "--resize", "0", "--no-compile", "--workers", "2", "-q"]
+                "--resize", "0", "--no-compile", "--workers", "2", "-q"]  # eager: the kills, not the
+    # compile, are tried here (loading the compiled kernels in each of the four runs doubled the
+    # test's time); compiled forked workers are tests/test_forks.py's
     clean, clean_s = clean_reference(tmp_path_factory, cmd, "dense_flow")
     looped = tmp_path / "out"
     loop = crash_loop(cmd, looped, EVENT_MOMENTS, clean_s, "dense_flow")
@@ -254,7 +251,10 @@ def test_extract_features_crash_loop(kind, videos, wfiles, tmp_path_factory, tmp
                 "--input", *four, "--flow-resize", "0", "--format", "h5", *common]
     clean, clean_s = clean_reference(tmp_path_factory, cmd, kind)
     looped = tmp_path / "out"
-    loop = crash_loop(cmd, looped, EVENT_MOMENTS, clean_s, kind)
+    # tiny RGB videos: the DataLoader worker may have decoded them all (and ended) by the first output
+    moments = EVENT_MOMENTS if kind == "flow-h5" else [Moment("start", 2.5), Moment("worker", 0.05),
+                                                        Moment("output", 0.2)]
+    loop = crash_loop(cmd, looped, moments, clean_s, kind)
     _ended_with_clean_run(clean, looped, loop)
 
 
