@@ -1,11 +1,14 @@
 # `make demo`: everything from a fresh clone to I3D classifying real videos.
-# `make test`: the whole test suite; `make test-fast`: all but the tests marked slow (under a minute).
+# `make test`: the whole test suite, on TEST_JOBS pytest-xdist workers (2: one per core of a 2-core
+# machine; TEST_JOBS=0 runs it in one process), its 25 longest tests listed at the end;
+# `make test-fast`: all but the tests marked slow (under a minute).
 # `make gpu-check`: every CUDA path against the CPU, then benchmark.py on the GPU (one line and exit 0 without CUDA).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLES := data/samples
+TEST_JOBS ?= 2
 
 .PHONY: demo test test-fast gpu-check venv weights samples benchmark clean
 
@@ -29,7 +32,7 @@ demo: weights samples
 	$(PY) predict.py $(SAMPLES)/bikes.mp4 $(SAMPLES)/bigbuckbunny.mp4 --weights models/rgb_scratch.pt --top 5
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=25 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -1,3 +1,6 @@
+import copy
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -8,14 +11,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Two threads at most; under pytest-xdist the workers share the cores (2 workers on 2 cores: one
+# thread each), as more threads than cores only adds waiting.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _WORKERS)))
 
 CACHE = ROOT / ".cache"
+
+# A shell without job control starts background commands with SIGINT ignored, and the jobs the
+# tests start inherit that: Ctrl-C tests would see a job that cannot be stopped. Give them a
+# terminal's disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: over a few seconds on 2 cores (make test-fast leaves these out)")
     config.addinivalue_line("markers", "bf16: needs bf16 convolutions on the CPU (skipped where it has none)")
+    # `make test` runs on pytest-xdist workers with --dist loadgroup: the tests of one group run
+    # one after another on one worker. Group "serial" holds the tests that signal or kill jobs
+    # and time how their processes end (stop signals, crash loops, forks), so that no two of them
+    # run side by side; the other worker runs the rest beside them. The memory tests (soak rows,
+    # peak memory) measure their own processes, whatever runs beside them: not grouped, as the
+    # group is the run's longest chain.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
 
 
 # Tests that use these fixtures run the real network at full size on real data: slow.
@@ -73,19 +92,23 @@ def assert_responds(model: torch.nn.Module, in_channels: int, frames: int = 16, 
 def random_i3d():
     """The easy path to a model that responds to its input: `random_i3d(num_classes=400,
     in_channels=2, final_endpoint="Logits", seed=0)` is synthetic_charades' calibrated random
-    I3D (activations of order 1, as a trained model's), checked once to respond."""
+    I3D (activations of order 1, as a trained model's), checked once to respond. Built once per
+    session and arguments; each call returns its own copy (a test may change its model)."""
     from synthetic_charades import calibrated_random_i3d
 
-    checked: set = set()
+    built: dict = {}
 
     def make(num_classes: int = 157, in_channels: int = 3, final_endpoint: str = "Logits",
              seed: int = 0) -> torch.nn.Module:
-        model = calibrated_random_i3d(seed, num_classes, in_channels, final_endpoint)
         key = (num_classes, in_channels, final_endpoint, seed)
-        if key not in checked and final_endpoint == "Logits":
-            assert_responds(model, in_channels)
-            checked.add(key)
-        return model
+        if key not in built:
+            model = calibrated_random_i3d(seed, num_classes, in_channels, final_endpoint)
+            built[key] = model, torch.get_rng_state()
+            if final_endpoint == "Logits":
+                assert_responds(model, in_channels)
+        model, rng = built[key]
+        torch.set_rng_state(rng)  # building seeds the global generator: a test may draw from it next
+        return copy.deepcopy(model)
     return make
 
 
@@ -95,11 +118,11 @@ def random_i3d_file(random_i3d, tmp_path_factory):
     session and arguments), for the command-line jobs."""
     made: dict = {}
 
-    def make(**kw) -> Path:
-        key = tuple(sorted(kw.items()))
+    def make(num_classes: int = 157, in_channels: int = 3, final_endpoint: str = "Logits", seed: int = 0) -> Path:
+        key = (num_classes, in_channels, final_endpoint, seed)
         if key not in made:
             path = tmp_path_factory.mktemp("weights") / "model.pt"
-            torch.save(random_i3d(**kw).state_dict(), path)
+            torch.save(random_i3d(*key).state_dict(), path)
             made[key] = path
         return made[key]
     return make

@@ -14,14 +14,13 @@ import torch
 
 import extract_features as ef
 import streaming
-import synthetic_charades
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def model5c():
-    return synthetic_charades.calibrated_random_i3d(final_endpoint="Mixed_5c")
+def model5c(random_i3d):
+    return random_i3d(final_endpoint="Mixed_5c")
 
 
 def window_feature(model, frames: np.ndarray) -> np.ndarray:
@@ -72,18 +71,14 @@ def test_centered_needs_step_1(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_centered_cli_both_streams_concat_fps_h5(tmp_path, monkeypatch):
+def test_centered_cli_both_streams_concat_fps_h5(tmp_path, monkeypatch, random_i3d_file):
     import h5py
     import tvl1
     # What is tested is the windows, --concat, --fps and HDF5, not TV-L1: the flow runs on the
     # 32 px frames themselves (--flow-resize 0, not upscaled to 256) and eager (compiling it takes
     # longer than this whole test otherwise; the forked loader workers inherit the patch).
     monkeypatch.setattr(tvl1, "compile_available", lambda device: False)
-    weights = {}
-    for mode, ch in (("rgb", 3), ("flow", 2)):
-        weights[mode] = tmp_path / f"{mode}.pt"
-        torch.save(synthetic_charades.calibrated_random_i3d(num_classes=157, in_channels=ch).state_dict(),
-                   weights[mode])
+    weights = {mode: random_i3d_file(num_classes=157, in_channels=ch) for mode, ch in (("rgb", 3), ("flow", 2))}
     video = tmp_path / "v" / "clip.avi"
     video.parent.mkdir()
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 32))

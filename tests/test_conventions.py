@@ -27,7 +27,6 @@ import extract_features
 import frame_io
 import fvd
 import predict
-import synthetic_charades
 import train_i3d
 import weights
 from pytorch_i3d import InceptionI3d
@@ -279,11 +278,10 @@ def test_a_mixed_folder_is_read_by_kind(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_predict_on_a_mixed_folder_equals_its_rgb_frames(tmp_path, capsys, caplog):
+def test_predict_on_a_mixed_folder_equals_its_rgb_frames(tmp_path, capsys, caplog, random_i3d_file):
     """The issue's case: predict.py on dense_flow's mixed output folder reads its 16 RGB frames
     only, and says which precision ran (first log line and JSON)."""
-    w = tmp_path / "k400.pt"
-    torch.save(synthetic_charades.calibrated_random_i3d(num_classes=400).state_dict(), w)
+    w = random_i3d_file(num_classes=400)
     mixed, clean = tmp_path / "mixed" / "clip", tmp_path / "clean" / "clip"
     mixed_folder(mixed, 16)
     write_frames(clean, 16, seed=1)

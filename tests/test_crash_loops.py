@@ -24,7 +24,7 @@ import procs
 import synthetic_charades
 from test_flow_stream import write_video
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serial"),
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for the process group")]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,6 @@ from charades_dataset_full import StreamingVideoDataset, VideoSource, input_sour
 import benchmark
 import feature_store
 import streaming
-import synthetic_charades
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,15 +36,13 @@ def whole_video(model, frames: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model5c():
-    return synthetic_charades.calibrated_random_i3d(final_endpoint="Mixed_5c")
+def model5c(random_i3d):
+    return random_i3d(final_endpoint="Mixed_5c")
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("w") / "rgb_random.pt"
-    torch.save(synthetic_charades.calibrated_random_i3d(num_classes=157).state_dict(), path)
-    return path
+def weights_file(random_i3d_file) -> Path:
+    return random_i3d_file(num_classes=157)
 
 
 def assert_close(out: np.ndarray, ref: np.ndarray, tol: float = 1e-4) -> None:
@@ -180,7 +177,7 @@ def test_resume_skips_finished_and_reports_failures(tmp_path, weights_file):
 
 
 @pytest.mark.slow
-def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
+def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file, random_i3d_file):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-load_model", str(weights_file),
                         "-root", str(tmp_path / "missing"), "-save_dir", str(tmp_path / "o")],
@@ -189,8 +186,7 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, weights_file):
     assert "Traceback" not in r.stderr and "missing" in r.stderr
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
     # RGB mode with flow weights: refused by weights.load_model, one line.
-    flow_w = tmp_path / "flow.pt"
-    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    flow_w = random_i3d_file(in_channels=2)
     make_charades(tmp_path / "root", "A", 9)
     r = subprocess.run([sys.executable, str(REPO / "extract_features.py"), "-mode", "rgb", "-load_model", str(flow_w),
                         "-root", str(tmp_path / "root"), "-save_dir", str(tmp_path / "o")],
@@ -320,7 +316,7 @@ def test_stack_windows_of_several_videos_share_batches(tmp_path, weights_file, m
 
 
 @pytest.mark.slow
-def test_ten_crop_and_flow_flip(model5c):
+def test_ten_crop_and_flow_flip(model5c, random_i3d):
     frames = random_frames(9, h=40, w=48, seed=5)
     run = streaming.make_runner(model5c, torch.device("cpu"), ten_crop=32)
     out = run(torch.from_numpy(frames)[None])[0].numpy()  # (10, T', 1, 1, 1024)
@@ -331,7 +327,7 @@ def test_ten_crop_and_flow_flip(model5c):
     stream = streaming.VideoStream(model5c.for_inference("fp32"), 9, ten_crop=32, chunk_frames=8)
     stream.push(frames)
     assert_close(stream.finish().numpy(), out)  # the streamed ten crops (a batch of 10) equal the runner's
-    flow_model = synthetic_charades.calibrated_random_i3d(in_channels=2, final_endpoint="Mixed_5c")
+    flow_model = random_i3d(in_channels=2, final_endpoint="Mixed_5c")
     flow = random_frames(9, h=32, w=32, c=2, seed=6)
     got = streaming.make_runner(flow_model, torch.device("cpu"), mode="flow", ten_crop=32)(torch.from_numpy(flow)[None])[0]
     x = frames_to_input(flow).flip(-1)
@@ -479,14 +475,13 @@ def test_benchmark_extraction_rows():
 
 
 @pytest.mark.slow
-def test_mode_both_from_charades_flow_frames(tmp_path, weights_file):
+def test_mode_both_from_charades_flow_frames(tmp_path, weights_file, random_i3d_file):
     root = tmp_path / "root"
     make_charades(root, "A", 10)
     for i, img in enumerate(random_frames(10, 32, 40, c=2, seed=7), start=1):
         frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "x"), img[..., 0])
         frame_io.write_image(frame_io.charades_frame_path(root, "A", i, "y"), img[..., 1])
-    flow_w = tmp_path / "flow.pt"
-    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), flow_w)
+    flow_w = random_i3d_file(in_channels=2)
     out = tmp_path / "out"
     common = ["-root", root, "--resize", "0", "--crop", "32", "--workers", "0", "-q"]
     assert run_cli("-mode", "both", "-load_model", weights_file, "--flow-model", flow_w, "-save_dir", out, *common) == 0

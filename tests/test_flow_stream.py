@@ -43,11 +43,8 @@ def write_video(path: Path, n: int, h: int = 48, w: int = 64, fps: float = 10, f
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("weights")
-    torch.save(synthetic_charades.calibrated_random_i3d(in_channels=2).state_dict(), d / "flow.pt")
-    torch.save(synthetic_charades.calibrated_random_i3d().state_dict(), d / "rgb.pt")
-    return {"flow": str(d / "flow.pt"), "rgb": str(d / "rgb.pt")}
+def weights(random_i3d_file) -> dict:
+    return {"flow": str(random_i3d_file(in_channels=2)), "rgb": str(random_i3d_file())}
 
 
 def run_cli(script: str, *args) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
+pytestmark = pytest.mark.xdist_group("serial")  # signals and forks of jobs: see conftest.py
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork and signal masks")
 
 

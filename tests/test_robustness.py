@@ -60,10 +60,8 @@ def write_video(path: Path, t: int = 20, w: int = 112, h: int = 80) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("w") / "rgb.pt"
-    torch.save(synthetic_charades.calibrated_random_i3d(num_classes=157).state_dict(), path)
-    return path
+def weights_file(random_i3d_file) -> Path:
+    return random_i3d_file(num_classes=157)
 
 
 # ---------------------------------------------------------------------------------------------

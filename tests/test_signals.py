@@ -21,6 +21,7 @@ import procs
 import synthetic_charades
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("serial")  # timing-sensitive: see conftest.py
 
 _PARENT = r'''
 import multiprocessing as mp, sys, time

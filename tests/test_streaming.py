@@ -7,11 +7,6 @@ import torch
 from streaming import LengthMismatch, StreamingI3D, run_stream
 from pytorch_i3d import VALID_ENDPOINTS, final_avg_pool
 
-try:
-    from synthetic_charades import calibrated_random_i3d
-except ImportError:
-    from extract_features import calibrated_random_i3d
-
 CONV_ENDPOINTS = VALID_ENDPOINTS[:VALID_ENDPOINTS.index("Mixed_5c") + 1]
 CHUNKS = (1, 3, 8, 13, 64, 512, "random")
 CLASSES = 7
@@ -21,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 @pytest.fixture(scope="module")
-def models():
-    plain = calibrated_random_i3d(seed=0, num_classes=CLASSES)
+def models(random_i3d):
+    plain = random_i3d(seed=0, num_classes=CLASSES)
     return {"plain": plain, "fast": plain.for_inference("fp32")}
 
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import winograd
 from pytorch_i3d import same_padding
 from streaming import run_stream
-from synthetic_charades import calibrated_random_i3d
 from winograd import TILE, PolyphaseWinograd, TemporalWinograd, transforms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,10 +72,10 @@ def winograd_everywhere(monkeypatch):
 
 
 @pytest.mark.slow
-def test_fast_model_streamed_equals_whole_and_plain(winograd_everywhere):
+def test_fast_model_streamed_equals_whole_and_plain(winograd_everywhere, random_i3d):
     """With Winograd in every 3x3x3 layer and the stem: streamed == whole-video forward bit for
     bit (tiles fall on the same frames), and both equal the plain model to 1e-4."""
-    plain = calibrated_random_i3d(seed=0, num_classes=7)
+    plain = random_i3d(seed=0, num_classes=7)
     fast = plain.for_inference("fp32")
     assert sum(m.winograd is not None for m in fast.modules() if hasattr(m, "winograd")) == 1 + 1 + 2 * 9
     for t, chunk in [(1, 8), (5, 3), (17, 8), (40, 13), (64, 512), (97, 32)]:
@@ -88,8 +87,8 @@ def test_fast_model_streamed_equals_whole_and_plain(winograd_everywhere):
         assert rel(whole, ref) < 1e-4, (t, chunk)
 
 
-def test_not_used_off_fp32_cpu_or_on_small_frames():
-    plain = calibrated_random_i3d(seed=0, num_classes=7)
+def test_not_used_off_fp32_cpu_or_on_small_frames(random_i3d):
+    plain = random_i3d(seed=0, num_classes=7)
     stem = plain.for_inference("fp32").features.Conv3d_1a_7x7
     x = torch.rand(1, 3, 9, 9, 9)  # 81 pixels < MIN_PIXELS
     assert stem.winograd is not None and stem.winograd_conv(x, (3, 3)) is None
