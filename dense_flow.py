@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from errors import DiskFullError, FrameError, UserError
-from runtime import select_device
+from runtime import select_device, stop_pool
 from cli import add_device, add_resize_crop, add_verbosity, add_workers, positive_int, progress, run_main, start
 from atomic_io import atomic_write_bytes, clean_stale_temps, file_lock, temp_dir_for, write_bytes_checked
 from frame_io import (charades_frame_name, is_video_file, iter_frames, list_frame_files, read_list, refuse_text_file,
@@ -383,8 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures = collect(results, split, out, len(todo), args.quiet, len(inputs) - len(todo))
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
             for p in todo:  # the temporaries of whole videos the (now ended) workers had in progress
                 clean_stale_temps(out, video_id(p))
         for v in split.values():  # a split video not committed (stopped, or failed): its temporaries go

@@ -180,3 +180,19 @@ def _leave_rank_group() -> None:
     if hasattr(signal, "sigpending"):
         for sig in _STOP_SIGNALS & signal.sigpending():
             signal.signal(sig, signal.signal(sig, signal.SIG_IGN))  # ignoring a pending signal discards it
+
+
+def stop_pool(pool, timeout_s: float = 10.0) -> None:
+    """End a multiprocessing pool now (its workers' current jobs are dropped) and wait for it, at
+    most `timeout_s`: Pool.terminate() waits on the pool's own queue locks and threads, and once
+    never returned (dense_flow.py stopping on a full disk, in the suite on a loaded machine),
+    which would hang the job after its work had stopped. Past the bound the workers are killed
+    and the job goes on (the stuck pool thread is a daemon: it does not keep the process alive)."""
+    t = threading.Thread(target=lambda: (pool.terminate(), pool.join()), name="stop-pool", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        for p in list(getattr(pool, "_pool", None) or []):  # the worker processes
+            with contextlib.suppress(Exception):
+                p.kill()
+                p.join(1.0)

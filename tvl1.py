@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import UserError
-from runtime import select_device, stop_signals_blocked, worker_init
+from runtime import select_device, stop_pool, stop_signals_blocked, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def start_pool(processes: int, threads: int = 1, device: torch.device = torch.de
             pool = multiprocessing.get_context(context).Pool(processes, initializer=start_worker, initargs=(threads,))
     except BaseException:  # the stop that came while forking (raised as the block ends)
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
         raise
     return pool, compile_step
 

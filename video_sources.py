@@ -36,6 +36,7 @@ import frame_io
 import tvl1
 from charades_dataset import read_annotations
 from errors import FrameError, UserError
+from runtime import stop_pool
 
 PIECE_FRAMES = 64  # frames per item: big enough to amortise IPC, small enough to stay bounded
 
@@ -268,8 +269,7 @@ class FlowWorkers:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            stop_pool(self.pool)
             self.pool = None
 
     def __enter__(self) -> "FlowWorkers":

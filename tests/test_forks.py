@@ -209,3 +209,28 @@ def test_ctrl_c_while_dense_flow_forks_its_pool_stops_it_in_one_line(tmp_path):
                                         "run the same command again to resume"], err
     assert not left, f"processes left: {left}"
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_stop_pool_returns_when_terminate_hangs():
+    """runtime.stop_pool bounds Pool.terminate(), which once never returned (dense_flow.py on a
+    full disk, loaded machine): past the bound the workers are killed and the caller goes on.
+    In a child process: the hung pool's threads stay behind until that process ends."""
+    script = ("import multiprocessing, os, threading, time\n"
+              "from runtime import stop_pool\n"
+              "pool = multiprocessing.get_context('fork').Pool(2)\n"
+              "workers = list(pool._pool)\n"
+              "def hung():  # as Pool.terminate's first steps (no more workers started), then the hang\n"
+              "    pool._worker_handler._state = 'TERMINATE'\n"
+              "    threading.Event().wait()\n"
+              "pool.terminate = hung\n"
+              "t0 = time.monotonic()\n"
+              "stop_pool(pool, timeout_s=0.5)\n"
+              "for p in workers:\n"
+              "    p.join(5)\n"
+              "print('returned', round(time.monotonic() - t0, 1), [p.exitcode for p in workers], flush=True)\n"
+              "os._exit(0)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    words = r.stdout.split(maxsplit=2)
+    assert words[0] == "returned" and float(words[1]) < 5, r.stdout
+    assert "None" not in words[2], f"workers outlived stop_pool: {r.stdout}"
